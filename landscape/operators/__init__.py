@@ -1,0 +1,6 @@
+"""Matrix-free curvature operators over a model, a loss and data."""
+
+from landscape.operators.base import DenseOperator, LinearOperator
+from landscape.operators.hessian import HessianOperator
+
+__all__ = ["LinearOperator", "DenseOperator", "HessianOperator"]

@@ -1,0 +1,196 @@
+"""The Hessian of the mean loss over a data set, applied matrix-free to flat parameter-space vectors."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from landscape.errors import LossError, OptionError
+from landscape.operators.base import LinearOperator
+from landscape.operators.batches import checked_batches, is_single_batch, iterate_batches, move_batch
+from landscape.operators.params import FlatLayout, ParamFilter, select_parameters
+
+LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+PRODUCTS = ("auto", "reverse", "forward")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Evaluate ``model`` in eval mode (fixed BatchNorm statistics, no dropout) and restore its modes after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+class HessianOperator(LinearOperator):
+    """``H = ∇²_θ (1/N) Σ_i loss(model(x_i), y_i)`` over the selected parameters θ, as a linear operator.
+
+    ``loss(output, targets)`` must return the *mean* over the batch; batches are weighted by their size, so the
+    product is exact for any batching. ``data`` is one ``(X, y)`` pair, a list of pairs or any iterable of batches
+    (a DataLoader); it is iterated once per product and never held beyond the current batch.
+
+    Product paths (``product=``):
+
+    - ``"reverse"`` (reverse-over-reverse): one gradient graph per batch, shared by every column of a block;
+      for a single ``(X, y)`` batch the graph is built once and reused by every later product.
+    - ``"forward"`` (forward-over-reverse): ``torch.func.jvp`` of ``torch.func.grad``, vmapped over the columns.
+    - ``"auto"``: ``"reverse"``, the faster in our measurements on CPU (see ``scripts/bench_engine.py``).
+
+    ``vectorize`` batches the columns of a block through one vmapped call (``is_grads_batched``) on the reverse
+    path; it defaults to True on CUDA and False on CPU, where a column loop over the shared graph was faster.
+    The model is never modified: parameters and buffers are copied to ``dtype``/``device`` and the model runs
+    in eval mode through ``torch.func.functional_call``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossFn,
+        data: Any,
+        *,
+        params: ParamFilter = None,
+        dtype: Optional[torch.dtype] = None,
+        device: Optional[torch.device | str] = None,
+        product: str = "auto",
+        vectorize: Optional[bool] = None,
+    ) -> None:
+        if product not in PRODUCTS:
+            raise OptionError(f"product must be one of {PRODUCTS}, got {product!r}")
+        self.names = select_parameters(model, params)
+        named = dict(model.named_parameters())
+        first = named[self.names[0]]
+        device = torch.device(device) if device is not None else first.device
+        dtype = dtype if dtype is not None else first.dtype
+        if not dtype.is_floating_point:
+            raise OptionError(f"dtype must be a floating-point type, got {dtype}")
+        self.layout = FlatLayout(named[n].shape for n in self.names)
+        super().__init__(self.layout.numel, dtype, device)
+        self.model = model
+        self.loss = loss
+        self.data = data
+        self.product = "reverse" if product == "auto" else product
+        self.vectorize = (self.device.type == "cuda") if vectorize is None else bool(vectorize)
+        self.params = tuple(named[n].detach().to(device=self.device, dtype=dtype) for n in self.names)
+        self._fixed = {
+            name: move_batch(t.detach(), self.device, dtype)
+            for name, t in list(model.named_parameters()) + list(model.named_buffers())
+            if name not in self.names
+        }
+        self._single = is_single_batch(data)
+        self._cached_batch = move_batch(tuple(data), self.device, dtype) if self._single else None
+        self._graph: Optional[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = None
+        iterate_batches(data)  # fails now, not at the first product, on a data set that is visibly empty
+
+    # -- the loss as a function of the selected parameters -------------------------------------------------
+    def batch_loss(self, params: tuple[torch.Tensor, ...], batch: Any) -> torch.Tensor:
+        """Mean loss of one (already moved) batch with the selected parameters replaced by ``params``."""
+        inputs, targets = batch[0], batch[1]
+        state = dict(self._fixed)
+        state.update(zip(self.names, params))
+        with eval_mode(self.model):
+            output = functional_call(self.model, state, (inputs,))
+        value = self.loss(output, targets)
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise LossError(f"the loss must return a scalar (the batch mean), got {shape}; reduce it with .mean()")
+        return value
+
+    def _batches(self) -> Iterator[tuple[Any, int]]:
+        if self._single:
+            yield self._cached_batch, int(self._cached_batch[0].shape[0])
+            return
+        for batch, size in checked_batches(self.data):
+            yield move_batch(batch, self.device, self.dtype), size
+
+    def _gradient_graph(self, batch: Any) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        leaves = tuple(p.detach().requires_grad_() for p in self.params)
+        with torch.enable_grad():
+            value = self.batch_loss(leaves, batch)
+            if not torch.isfinite(value):
+                raise LossError(f"the loss is {value.item()} at these parameters; the Hessian is undefined there")
+            grads = torch.autograd.grad(value, leaves, create_graph=True, allow_unused=True)
+        pairs = [(g, p) for g, p in zip(grads, leaves) if g is not None and g.requires_grad]
+        return leaves, tuple(pairs)
+
+    # -- products -------------------------------------------------------------------------------------------
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        blocks = self.layout.split(V)
+        total = None
+        count = 0
+        for batch, size in self._batches():
+            part = self._reverse(batch, blocks) if self.product == "reverse" else self._forward(batch, blocks)
+            total = part.mul_(size) if total is None else total.add_(part, alpha=size)
+            count += size
+        return total.div_(count)
+
+    def _reverse(self, batch: Any, blocks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if self._single:
+            if self._graph is None:
+                self._graph = self._gradient_graph(batch)
+            leaves, pairs = self._graph
+        else:
+            leaves, pairs = self._gradient_graph(batch)
+        k = blocks[0].shape[0]
+        out = torch.zeros(k, self.shape[0], dtype=self.dtype, device=self.device)
+        if not pairs:
+            return out
+        index = {id(p): i for i, p in enumerate(leaves)}
+        grads = tuple(g for g, _ in pairs)
+        tangents = [blocks[index[id(p)]] for _, p in pairs]
+        if self.vectorize and k > 1:
+            cols = torch.autograd.grad(grads, leaves, tangents, retain_graph=True, is_grads_batched=True,
+                                       allow_unused=True)
+            self._write(out, cols)
+        else:
+            for j in range(k):
+                cols = torch.autograd.grad(grads, leaves, [t[j] for t in tangents], retain_graph=True,
+                                           allow_unused=True)
+                self._write(out[j], cols)
+        return out
+
+    def _write(self, out: torch.Tensor, cols: tuple[Optional[torch.Tensor], ...]) -> None:
+        """Copy per-parameter product columns into the flat output (unused parameters stay zero)."""
+        parts = self.layout.split(out)
+        for part, col in zip(parts, cols):
+            if col is not None:
+                part.copy_(col)
+
+    def _forward(self, batch: Any, blocks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        argnums = tuple(range(len(self.params)))
+        gradient = grad(lambda *ps: self.batch_loss(ps, batch), argnums=argnums)
+
+        def hvp(*tangents: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return jvp(gradient, self.params, tangents)[1]
+
+        if blocks[0].shape[0] == 1:
+            cols = hvp(*(b[0] for b in blocks))
+            return self.layout.flatten(cols).unsqueeze(0)
+        return self.layout.flatten(vmap(hvp)(*blocks), batched=True)
+
+    # -- conveniences ----------------------------------------------------------------------------------------
+    def release(self) -> None:
+        """Drop the cached gradient graph (it holds the activations of the single batch)."""
+        self._graph = None
+
+    def check_deterministic(self, *, seed: int = 0, rtol: Optional[float] = None) -> float:
+        """Apply the operator twice to one random vector and return the relative difference (raises if large)."""
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        v = torch.randn(self.shape[0], generator=gen, device=self.device, dtype=self.dtype)
+        a, b = self.matvec(v), self.matvec(v)
+        diff = float((a - b).norm() / a.norm().clamp_min(torch.finfo(self.dtype).tiny))
+        limit = rtol if rtol is not None else math.sqrt(torch.finfo(self.dtype).eps)
+        if diff > limit:
+            raise LossError(
+                f"two products with the same vector differ by {diff:.2e} (relative): the model or loss is random "
+                "(dropout in train mode, data augmentation, a shuffling loader without a fixed seed?)"
+            )
+        return diff
