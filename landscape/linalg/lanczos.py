@@ -102,10 +102,12 @@ def lanczos(
         history.append(float(rel.max()))
         bar.set_postfix(residual=f"{history[-1]:.1e}")
         exhausted = j + 1 == n
-        if (len(idx) == k and np.all(rel <= tol)) or used >= budget or exhausted:
+        # On an invariant subspace every Ritz residual is zero, yet eigenvalues of higher multiplicity (or outside
+        # the start vector's reach) may be missing: never stop there, continue from a fresh direction instead.
+        invariant = beta <= eps * scale * 10
+        if (len(idx) == k and np.all(rel <= tol) and not invariant) or used >= budget or exhausted:
             break
-        if beta <= eps * scale * 10:
-            # Invariant subspace found: continue with a fresh direction orthogonal to the basis.
+        if invariant:
             w = torch.randn(n, generator=gen, device=op.device, dtype=op.dtype)
             orthogonalize(w, basis[: j + 1])
             beta_next = 0.0

@@ -111,12 +111,16 @@ class HessianOperator(LinearOperator):
         for batch, size in checked_batches(self.data):
             yield move_batch(batch, self.device, self.dtype), size
 
+    @staticmethod
+    def _check_finite(value: torch.Tensor) -> None:
+        if not torch.isfinite(value):
+            raise LossError(f"the loss is {value.item()} at these parameters; the Hessian is undefined there")
+
     def _gradient_graph(self, batch: Any) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         leaves = tuple(p.detach().requires_grad_() for p in self.params)
         with torch.enable_grad():
             value = self.batch_loss(leaves, batch)
-            if not torch.isfinite(value):
-                raise LossError(f"the loss is {value.item()} at these parameters; the Hessian is undefined there")
+            self._check_finite(value)
             grads = torch.autograd.grad(value, leaves, create_graph=True, allow_unused=True)
         pairs = [(g, p) for g, p in zip(grads, leaves) if g is not None and g.requires_grad]
         return leaves, tuple(pairs)
@@ -172,9 +176,12 @@ class HessianOperator(LinearOperator):
             return jvp(gradient, self.params, tangents)[1]
 
         if blocks[0].shape[0] == 1:
-            cols = hvp(*(b[0] for b in blocks))
-            return self.layout.flatten(cols).unsqueeze(0)
-        return self.layout.flatten(vmap(hvp)(*blocks), batched=True)
+            out = self.layout.flatten(hvp(*(b[0] for b in blocks))).unsqueeze(0)
+        else:
+            out = self.layout.flatten(vmap(hvp)(*blocks), batched=True)
+        if not bool(torch.isfinite(out).all()):  # a NaN loss cannot be tested inside jvp/vmap; its products show it
+            raise LossError("the loss or its curvature is not finite on a batch (NaN or inf in the data or model?)")
+        return out
 
     # -- conveniences ----------------------------------------------------------------------------------------
     def release(self) -> None:

@@ -1,0 +1,199 @@
+"""Benchmark the curvature engine on the reference workloads W1, W2, W3 and print the issue's target figures.
+
+    python scripts/bench_engine.py --bench ../shared/bench [--repeats 5] [--threads 2] [--only hvp,eigen,trace,density]
+
+Reads digits.npz, w1.pt, w2.pt, w3.pt and the exact spectra w1_truth.npz, w2_truth.npz from ``--bench``.
+Timings are medians over ``--repeats`` runs, float32, ``--threads`` CPU threads, full digits data as one batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape import HessianOperator, hutchinson, hutchpp, krylov_hutchinson, lanczos, spectral_density
+from landscape.models import cnn, mlp
+
+# W3's top-5 from scipy eigsh in float64 with tol 0 (shared/bench/README.md): no dense answer exists for 1.08M params.
+W3_TOP5 = np.array([0.1108068, 0.0867240, 0.0707441, 0.0535318, 0.0483125])
+
+
+def load_workload(bench: Path, name: str) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    data = np.load(bench / "digits.npz")
+    X, y = torch.as_tensor(data["X"]), torch.as_tensor(data["y"])
+    model = {"w1": lambda: mlp((64, 128, 128, 10)), "w2": cnn, "w3": lambda: mlp((64, 1000, 1000, 10))}[name]()
+    if name == "w2":
+        X = X.reshape(-1, 1, 8, 8)
+    model.load_state_dict(torch.load(bench / f"{name}.pt", weights_only=True))
+    return model.eval(), (X, y)
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def operator(model: nn.Module, data, **kw) -> HessianOperator:
+    return HessianOperator(model, nn.functional.cross_entropy, data, **kw)
+
+
+def bench_hvp(bench: Path, repeats: int) -> None:
+    print("\n## 1. One HVP over one gradient, and a 16-column matmat (float32, full data as one batch)\n")
+    print("| workload | gradient | HVP default (reverse, graph reused) | ratio | target | HVP forward (jvp∘grad) | ratio "
+          "| 16-col matmat / 16 matvecs (reused graph) | 16-col matmat / 16 matvecs (4 batches) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, target in (("w1", 1.5), ("w2", 2.0), ("w3", 2.0)):
+        model, (X, y) = load_workload(bench, name)
+        reps = repeats * (10 if name == "w1" else 4 if name == "w2" else 1)
+
+        def gradient() -> None:
+            model.zero_grad()
+            nn.functional.cross_entropy(model(X), y).backward()
+
+        t_grad = median_time(gradient, reps, warmup=3)
+        op = operator(model, (X, y))
+        gen = torch.Generator().manual_seed(0)
+        V = torch.randn(16, op.shape[0], generator=gen)
+        t_hvp = median_time(lambda: op.matvec(V[0]), reps, warmup=3)
+        fwd = operator(model, (X, y), product="forward")
+        t_fwd = median_time(lambda: fwd.matvec(V[0]), max(3, reps // 2), warmup=1)
+        t_mm = median_time(lambda: op.matmat(V), max(3, repeats), warmup=1)
+        t_mv = median_time(lambda: [op.matvec(v) for v in V], max(3, repeats), warmup=1)
+        chunks = list(zip(X.chunk(4), y.chunk(4)))
+        streamed = operator(model, chunks)
+        t_smm = median_time(lambda: streamed.matmat(V), max(3, repeats // 2), warmup=1)
+        t_smv = median_time(lambda: [streamed.matvec(v) for v in V], max(3, repeats // 2), warmup=1)
+        ok = "met" if t_hvp / t_grad <= target else "missed"
+        print(f"| {name.upper()} | {fmt_time(t_grad)} | {fmt_time(t_hvp)} | {t_hvp / t_grad:.2f} | ≤ {target} ({ok}) "
+              f"| {fmt_time(t_fwd)} | {t_fwd / t_grad:.2f} | {t_mm / t_mv:.2f} | {t_smm / t_smv:.2f} |")
+
+
+def true_relative_residuals(op: HessianOperator, values: np.ndarray, vectors: torch.Tensor) -> np.ndarray:
+    HV = op.matmat(vectors)
+    lam = torch.as_tensor(values, dtype=vectors.dtype)
+    res = (HV - lam[:, None] * vectors).norm(dim=1) / vectors.norm(dim=1)
+    return res.double().numpy() / np.abs(values)
+
+
+def bench_eigen(bench: Path, repeats: int) -> None:
+    print("\n## 2. Top eigenvalues by Lanczos to relative residual 1e-6 (float32, new operator each run)\n")
+    print("| workload | k | HVPs | time (median) | target | max rel. error of values | true max rel. residual |")
+    print("|---|---|---|---|---|---|---|")
+    targets = {("w1", 1): (20, 0.060), ("w1", 5): (45, 0.300)}
+    for name in ("w1", "w2", "w3"):
+        model, data = load_workload(bench, name)
+        truth = W3_TOP5 if name == "w3" else np.load(bench / f"{name}_truth.npz")["eigenvalues"][::-1][:5]
+        for k in (1, 5):
+            runs = []
+
+            def run() -> None:
+                op = operator(model, data)
+                runs.append(lanczos(op, k, tol=1e-6, seed=0))
+
+            t = median_time(run, repeats if name != "w3" else 1, warmup=0 if name == "w3" else 1)
+            result = runs[-1]
+            err = np.max(np.abs(result.values - truth[:k]) / truth[:k])
+            true_res = true_relative_residuals(operator(model, data), result.values, result.vectors).max()
+            goal = targets.get((name, k))
+            if goal:
+                met = "met" if result.num_matvecs <= goal[0] and t <= goal[1] else "missed"
+                goal_text = f"≤ {goal[0]} HVPs, ≤ {fmt_time(goal[1])} ({met})"
+            else:
+                goal_text = "same accuracy"
+            ref = " (vs eigsh float64)" if name == "w3" else ""
+            print(f"| {name.upper()} | {k} | {result.num_matvecs} | {fmt_time(t)} | {goal_text} | {err:.1e}{ref} "
+                  f"| {true_res:.1e} |")
+
+
+def bench_trace(bench: Path, seeds: int) -> None:
+    print(f"\n## 3. Trace with 99 HVPs over {seeds} seeds (float32)\n")
+    print("| workload | method | mean abs rel. error | max | median time | time / 99 sequential HVPs | target |")
+    print("|---|---|---|---|---|---|---|")
+    for name, target in (("w1", 0.005), ("w2", 0.002)):
+        model, data = load_workload(bench, name)
+        exact = float(np.load(bench / f"{name}_truth.npz")["trace"])
+        op = operator(model, data)
+        v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(1))
+        sequential = 99 * median_time(lambda: op.matvec(v), 10, warmup=2)
+        for method in (krylov_hutchinson, hutchpp, hutchinson):
+            errors, times = [], []
+            for seed in range(seeds):
+                start = time.perf_counter()
+                est = method(operator(model, data), 99, seed=seed).estimate
+                times.append(time.perf_counter() - start)
+                errors.append(abs(est - exact) / exact)
+            mean = float(np.mean(errors))
+            t = statistics.median(times)
+            goal = f"≤ {target:.1%}, ≤ 0.5× time ({'met' if mean <= target and t <= 0.5 * sequential else 'missed'})"
+            print(f"| {name.upper()} | {method.__name__} | {mean:.2%} | {max(errors):.2%} | {fmt_time(t)} "
+                  f"| {t / sequential:.2f} | {goal if method is krylov_hutchinson else ''} |")
+
+
+def bench_density(bench: Path, repeats: int) -> None:
+    print("\n## 4. Spectral density, 10 probes × 80 steps on W1 (float32)\n")
+    model, data = load_workload(bench, "w1")
+    truth = np.load(bench / "w1_truth.npz")["eigenvalues"]
+    results = []
+
+    def lockstep() -> None:
+        results.append(spectral_density(operator(model, data), num_probes=10, num_steps=80, seed=0))
+
+    def one_at_a_time() -> None:
+        for p in range(10):
+            spectral_density(operator(model, data), num_probes=1, num_steps=80, seed=p)
+
+    t_lock = median_time(lockstep, repeats, warmup=1)
+    t_single = median_time(one_at_a_time, max(1, repeats // 2), warmup=0)
+    d = results[-1]
+    mean_est = float(np.nansum(d.weights * np.nan_to_num(d.nodes)) / d.num_probes)
+    print("| run | HVPs | time (median) | target | mean eigenvalue est. / true |")
+    print("|---|---|---|---|---|")
+    met = "met" if t_lock <= 1.8 else "missed"
+    print(f"| lockstep (one 10-column block per step) | {d.num_matvecs} | {fmt_time(t_lock)} | ≤ 1.8 s ({met}) "
+          f"| {mean_est:.6f} / {truth.mean():.6f} |")
+    ratio = t_single / t_lock
+    print(f"| one probe at a time | 800 | {fmt_time(t_single)} | lockstep ≥ 2× faster "
+          f"({'met' if ratio >= 2 else 'missed'}: {ratio:.2f}×) | |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "bench",
+                        help="folder with digits.npz, w1.pt, w2.pt, w3.pt and the *_truth.npz files")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median reported)")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds for the trace accuracy figure")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--only", default="hvp,eigen,trace,density", help="comma-separated subset of sections")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# landscape engine benchmark — torch {torch.__version__}, {args.threads} threads, float32")
+    sections = set(args.only.split(","))
+    if "hvp" in sections:
+        bench_hvp(args.bench, args.repeats)
+    if "eigen" in sections:
+        bench_eigen(args.bench, args.repeats)
+    if "trace" in sections:
+        bench_trace(args.bench, args.seeds)
+    if "density" in sections:
+        bench_density(args.bench, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
