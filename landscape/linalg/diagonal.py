@@ -28,20 +28,22 @@ def diagonal(
     start = time.perf_counter()
     gen = generator_for(op, seed)
     n = op.shape[0]
-    total = torch.zeros(n, dtype=op.dtype, device=op.device)
-    squares = torch.zeros(n, dtype=op.dtype, device=op.device)
+    mean = torch.zeros(n, dtype=op.dtype, device=op.device)
+    spread = torch.zeros(n, dtype=op.dtype, device=op.device)  # sum of squared deviations from the mean
     size = default_block_size(n, num_matvecs, block_size)
     done = 0
     while done < num_matvecs:
         Z = probes(op, min(size, num_matvecs - done), gen)
         samples = Z * op.matmat(Z)
-        total += samples.sum(dim=0)
-        squares += samples.square().sum(dim=0)
-        done += Z.shape[0]
-    mean = total / num_matvecs
+        count = samples.shape[0]
+        block_mean = samples.mean(dim=0)
+        delta = block_mean - mean
+        # Chan et al.'s pairwise update: exact for a constant diagonal, stable in float32.
+        spread += (samples - block_mean).square().sum(dim=0) + delta.square() * (done * count / (done + count))
+        mean += delta * (count / (done + count))
+        done += count
     if num_matvecs > 1:
-        var = (squares - num_matvecs * mean.square()).clamp_min(0) / (num_matvecs - 1)
-        stderr = var.sqrt() / math.sqrt(num_matvecs)
+        stderr = (spread / (num_matvecs - 1)).sqrt() / math.sqrt(num_matvecs)
     else:
         stderr = torch.full_like(mean, float("nan"))
     return DiagonalResult(

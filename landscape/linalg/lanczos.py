@@ -60,6 +60,10 @@ def lanczos(
     products), or after ``max_matvecs`` products. The basis holds at most ``max_basis`` vectors; when it is full the
     wanted Ritz vectors are kept and the iteration restarts from them (thick restart), so memory is O(n·max_basis).
     ``v0`` warm-starts from a given vector, e.g. the previous top eigenvector during training.
+
+    A single start vector reaches one direction per eigenspace, so a repeated eigenvalue can be reported once and
+    converged (as with ARPACK). On an exactly invariant subspace the iteration never stops early but continues
+    from a fresh random direction; ``tol=0`` runs until the space is exhausted and finds every multiplicity.
     """
     n = op.shape[0]
     if which not in WHICH:
