@@ -85,7 +85,7 @@ def krylov_hutchinson(
     *,
     seed: Seed = 0,
     krylov_fraction: float = 0.5,
-    depth: int = 4,
+    depth: int = 12,
     block_size: Optional[int] = None,
     progress: Optional[bool] = None,
 ) -> TraceResult:
