@@ -39,13 +39,13 @@ def lanczos_tridiagonal(
     V = start / start.norm(dim=1, keepdim=True)
     V_prev = torch.zeros_like(V)
     b_prev = torch.zeros(P, dtype=op.dtype, device=op.device)
-    basis = torch.empty(m, P, n, dtype=op.dtype, device=op.device) if reorthogonalize else None
+    basis = torch.empty(P, m, n, dtype=op.dtype, device=op.device) if reorthogonalize else None
     threshold = math.sqrt(torch.finfo(op.dtype).eps)
     scale = 0.0
     bar = progress_bar(m * P, f"lanczos quadrature ({P} probes)", progress)
     for j in range(m):
         if basis is not None:
-            basis[j] = V
+            basis[:, j] = V
         W = torch.zeros_like(V)
         rows = active.nonzero().squeeze(1)
         W[rows] = op.matmat(V[rows])
@@ -53,9 +53,11 @@ def lanczos_tridiagonal(
         a = (W * V).sum(dim=1)
         W.sub_(a[:, None] * V).sub_(b_prev[:, None] * V_prev)
         if basis is not None:
-            for _ in range(2):
-                coef = torch.einsum("jpn,pn->jp", basis[: j + 1], W)
-                W.sub_(torch.einsum("jp,jpn->pn", coef, basis[: j + 1]))
+            # One full pass after the three-term recurrence (which already removed the two largest components)
+            # keeps the basis orthogonal to working precision; each probe against its own (P, j + 1, n) basis.
+            previous = basis[:, : j + 1]
+            coef = torch.bmm(previous, W.unsqueeze(2))
+            W.sub_(torch.bmm(coef.transpose(1, 2), previous).squeeze(1))
         b = W.norm(dim=1)
         alpha[:, j] = a.double().cpu().numpy()
         if j == m - 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -17,6 +17,14 @@ from landscape.operators.params import FlatLayout, ParamFilter, select_parameter
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 PRODUCTS = ("auto", "reverse", "forward")
+
+
+class GradientGraph(NamedTuple):
+    """A batch's gradient with its autograd graph: ``grads[j]`` is the gradient of ``leaves[live[j]]``."""
+
+    leaves: tuple[torch.Tensor, ...]
+    grads: tuple[torch.Tensor, ...]
+    live: tuple[int, ...]
 
 
 @contextlib.contextmanager
@@ -87,7 +95,7 @@ class HessianOperator(LinearOperator):
         }
         self._single = is_single_batch(data)
         self._cached_batch = move_batch(tuple(data), self.device, dtype) if self._single else None
-        self._graph: Optional[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = None
+        self._graph: Optional[GradientGraph] = None
         iterate_batches(data)  # fails now, not at the first product, on a data set that is visibly empty
 
     # -- the loss as a function of the selected parameters -------------------------------------------------
@@ -116,14 +124,16 @@ class HessianOperator(LinearOperator):
         if not torch.isfinite(value):
             raise LossError(f"the loss is {value.item()} at these parameters; the Hessian is undefined there")
 
-    def _gradient_graph(self, batch: Any) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    def _gradient_graph(self, batch: Any) -> GradientGraph:
+        """The gradient of one batch's loss with its graph kept, for differentiating it again."""
         leaves = tuple(p.detach().requires_grad_() for p in self.params)
         with torch.enable_grad():
             value = self.batch_loss(leaves, batch)
             self._check_finite(value)
             grads = torch.autograd.grad(value, leaves, create_graph=True, allow_unused=True)
-        pairs = [(g, p) for g, p in zip(grads, leaves) if g is not None and g.requires_grad]
-        return leaves, tuple(pairs)
+        # Gradients that do not depend on the parameters (absent, or constant) contribute zero curvature.
+        live = tuple(i for i, g in enumerate(grads) if g is not None and g.requires_grad)
+        return GradientGraph(leaves, tuple(grads[i] for i in live), live)
 
     # -- products -------------------------------------------------------------------------------------------
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
@@ -140,23 +150,21 @@ class HessianOperator(LinearOperator):
         if self._single:
             if self._graph is None:
                 self._graph = self._gradient_graph(batch)
-            leaves, pairs = self._graph
+            graph = self._graph
         else:
-            leaves, pairs = self._gradient_graph(batch)
+            graph = self._gradient_graph(batch)
         k = blocks[0].shape[0]
         out = torch.zeros(k, self.shape[0], dtype=self.dtype, device=self.device)
-        if not pairs:
+        if not graph.grads:
             return out
-        index = {id(p): i for i, p in enumerate(leaves)}
-        grads = tuple(g for g, _ in pairs)
-        tangents = [blocks[index[id(p)]] for _, p in pairs]
+        tangents = [blocks[i] for i in graph.live]
         if self.vectorize and k > 1:
-            cols = torch.autograd.grad(grads, leaves, tangents, retain_graph=True, is_grads_batched=True,
-                                       allow_unused=True)
+            cols = torch.autograd.grad(graph.grads, graph.leaves, tangents, retain_graph=True,
+                                       is_grads_batched=True, allow_unused=True)
             self._write(out, cols)
         else:
             for j in range(k):
-                cols = torch.autograd.grad(grads, leaves, [t[j] for t in tangents], retain_graph=True,
+                cols = torch.autograd.grad(graph.grads, graph.leaves, [t[j] for t in tangents], retain_graph=True,
                                            allow_unused=True)
                 self._write(out[j], cols)
         return out
