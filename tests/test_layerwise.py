@@ -108,3 +108,36 @@ def test_nan_inputs_raise():
     op = HessianOperator(model, F.cross_entropy, (X, y))
     with pytest.raises(LossError):
         op.matvec(torch.ones(op.shape[0], dtype=torch.float64))
+
+
+def cnn(activation, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3), activation(), nn.Conv2d(3, 4, 2, stride=2, padding=1), activation(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 3),
+    ).double()
+
+
+@pytest.mark.parametrize("loss_name", ["F.cross_entropy", "F.mse_loss"])
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh])
+def test_convolutional_net_matches_dense_hessian(activation, loss_name):
+    loss, kind = LOSSES[loss_name]
+    model = cnn(activation)
+    _, y = targets(kind, n=24)
+    X = torch.randn(24, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    op = HessianOperator(model, loss, (X, y))
+    assert op.product == "layerwise"
+    H = dense_hessian(model.eval(), X, y, loss=loss)
+    V = torch.randn(3, op.shape[0], generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert relative(op.matmat(V), V @ H) < 1e-10
+    first = HessianOperator(model, loss, (X, y), params="0.*")
+    H0 = dense_hessian(model, X, y, loss=loss, names=["0.weight", "0.bias"])
+    W = V[:, : first.shape[0]]
+    assert relative(first.matmat(W), W @ H0) < 1e-10
+
+
+def test_average_pooling_falls_back_to_autograd():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(18, 3)).double()
+    X = torch.randn(10, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (10,))
+    assert HessianOperator(model, F.cross_entropy, (X, y)).product == "reverse"

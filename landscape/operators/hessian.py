@@ -50,8 +50,8 @@ class HessianOperator(LinearOperator):
     Product paths (``product=``):
 
     - ``"layerwise"``: hand-written forward and backward tangent sweeps (Pearlmutter's R-op) for an
-      ``nn.Sequential`` of Linear layers and Tanh/Sigmoid/ReLU/LeakyReLU activations under ``F.cross_entropy`` or
-      ``F.mse_loss``; per batch the activations and derivatives are cached, and each product is a few matrix
+      ``nn.Sequential`` of Linear/Conv2d layers, Tanh/Sigmoid/ReLU/LeakyReLU, MaxPool2d, Flatten and Dropout under
+      ``F.cross_entropy`` or ``F.mse_loss`` (or their module forms); per batch the activations and derivatives are cached, and each product is a few matrix
       products into reused buffers, with no autograd.
     - ``"reverse"`` (reverse-over-reverse): one gradient graph per batch, shared by every column of a block;
       for a single ``(X, y)`` batch the graph is built once and reused by every later product.
@@ -94,8 +94,8 @@ class HessianOperator(LinearOperator):
         fits = layerwise.supports(model, loss)
         if product == "layerwise" and not fits:
             raise OptionError(
-                'product="layerwise" needs an nn.Sequential of Linear layers and Tanh/Sigmoid/ReLU/LeakyReLU '
-                "activations under F.cross_entropy or F.mse_loss; use product=\"reverse\" for this model"
+                'product="layerwise" needs an nn.Sequential of Linear/Conv2d, Tanh/Sigmoid/ReLU/LeakyReLU, '
+                "MaxPool2d, Flatten and Dropout under F.cross_entropy or F.mse_loss; use product=\"reverse\" here"
             )
         self.product = ("layerwise" if fits else "reverse") if product == "auto" else product
         self._product_requested = product
@@ -184,7 +184,7 @@ class HessianOperator(LinearOperator):
             state = dict(self._fixed)
             state.update(zip(self.names, self.params))
             with eval_mode(self.model):  # Dropout off, as on every other path
-                sweeps = layerwise.LayerwiseHVP(self.model, self.loss, state, self.names, batch)
+                sweeps = layerwise.LayerwiseHVP(self.model, self.loss, state, batch)
             if self._single:
                 self._sweeps = sweeps
         k = blocks[0].shape[0]

@@ -1,6 +1,7 @@
 """Exact Hessian-vector products for plain feed-forward nets, written out layer by layer (Pearlmutter's R-op).
 
-For an ``nn.Sequential`` of Linear layers and elementwise activations under cross-entropy or mean squared error,
+For an ``nn.Sequential`` of Linear and Conv2d layers, elementwise activations, max pooling and flattening under
+cross-entropy or mean squared error,
 the forward pass, the gradient and every activation derivative are computed once per batch and cached. Each tangent
 column is then pushed forward and back with plain matrix products written into preallocated buffers: no autograd
 graph, no vmap, no fresh allocation per product (on CPU, page faults on fresh large tensors cost as much as the
@@ -17,7 +18,18 @@ from torch import nn
 from torch.nn import functional as F
 
 ELEMENTWISE = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU)
-PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Flatten)
+PASS_THROUGH = (nn.Identity, nn.Dropout)
+SUPPORTED = (nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.Flatten, *ELEMENTWISE, *PASS_THROUGH)
+
+
+def _fits(module: nn.Module) -> bool:
+    if type(module) not in SUPPORTED:
+        return False
+    if isinstance(module, nn.Conv2d):
+        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    if isinstance(module, nn.Flatten):
+        return module.start_dim == 1 and module.end_dim == -1
+    return True
 
 
 def leaf_layers(model: nn.Module) -> Optional[list[tuple[str, nn.Module]]]:
@@ -31,9 +43,7 @@ def leaf_layers(model: nn.Module) -> Optional[list[tuple[str, nn.Module]]]:
             if inner is None:
                 return None
             chain.extend((f"{name}.{sub}", m) for sub, m in inner)
-        elif isinstance(child, (nn.Linear, *ELEMENTWISE, *PASS_THROUGH)) and type(child) in (
-            nn.Linear, *ELEMENTWISE, *PASS_THROUGH
-        ):
+        elif _fits(child):
             chain.append((name, child))
         else:
             return None
@@ -57,36 +67,186 @@ def loss_kind(loss: Callable) -> Optional[str]:
 def supports(model: nn.Module, loss: Callable) -> bool:
     """Whether the layerwise path computes this model's and loss's Hessian exactly."""
     chain = leaf_layers(model)
-    return chain is not None and loss_kind(loss) is not None and any(isinstance(m, nn.Linear) for _, m in chain)
+    return chain is not None and loss_kind(loss) is not None and any(
+        isinstance(m, (nn.Linear, nn.Conv2d)) for _, m in chain
+    )
 
 
-@dataclass
+Tangent = dict[str, torch.Tensor]
+
+
 class _Linear:
-    weight_name: str
-    bias_name: Optional[str]
-    weight: torch.Tensor
-    a: torch.Tensor  # input activations (B, d_in)
-    delta: torch.Tensor = None  # gradient of the loss w.r.t. the output (B, d_out)
+    """z = a Wᵀ + b. Tangent products go into buffers allocated once."""
+
+    def __init__(self, name: str, module: nn.Linear, state: dict[str, torch.Tensor], a: torch.Tensor) -> None:
+        if a.ndim != 2:
+            raise Unsupported(f"Linear layer {name} receives a {a.ndim}-D input")
+        self.weight_name = f"{name}.weight"
+        self.bias_name = f"{name}.bias" if module.bias is not None else None
+        self.weight = state[self.weight_name]
+        self.a = a
+        self.output = F.linear(a, self.weight, state[self.bias_name] if self.bias_name else None)
+        self.up = torch.empty_like(self.output)
+        self.down = torch.empty_like(a)
+
+    def primal_backward(self, delta: torch.Tensor) -> torch.Tensor:
+        self.delta = delta
+        return delta @ self.weight
+
+    def tangent(self, r: Optional[torch.Tensor], t: Tangent) -> Optional[torch.Tensor]:
+        vw = t.get(self.weight_name)
+        vb = t.get(self.bias_name) if self.bias_name else None
+        if r is None and vw is None and vb is None:
+            return None
+        if r is not None:
+            torch.mm(r, self.weight.T, out=self.up)
+            if vw is not None:
+                self.up.addmm_(self.a, vw.T)
+        elif vw is not None:
+            torch.mm(self.a, vw.T, out=self.up)
+        else:
+            self.up.zero_()
+        if vb is not None:
+            self.up.add_(vb)
+        return self.up
+
+    def backprop(self, rd: torch.Tensor, r_in: Optional[torch.Tensor], t: Tangent, dest: Tangent,
+                 lower: bool) -> Optional[torch.Tensor]:
+        if self.weight_name in dest:
+            gw = torch.mm(rd.T, self.a, out=dest[self.weight_name])
+            if r_in is not None:
+                gw.addmm_(self.delta.T, r_in)
+        if self.bias_name in dest:
+            torch.sum(rd, dim=0, out=dest[self.bias_name])
+        if not lower:
+            return None
+        out = torch.mm(rd, self.weight, out=self.down)
+        vw = t.get(self.weight_name)
+        return out if vw is None else out.addmm_(self.delta, vw)
 
 
-@dataclass
+class _Conv:
+    """z = conv2d(a, W) + b, differentiated with ``convolution_backward``."""
+
+    def __init__(self, name: str, module: nn.Conv2d, state: dict[str, torch.Tensor], a: torch.Tensor) -> None:
+        self.weight_name = f"{name}.weight"
+        self.bias_name = f"{name}.bias" if module.bias is not None else None
+        self.weight = state[self.weight_name]
+        self.args = (module.stride, module.padding, module.dilation, module.groups)
+        self.a = a
+        self.output = F.conv2d(a, self.weight, state[self.bias_name] if self.bias_name else None, *self.args)
+
+    def _backward(self, grad: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, mask: list[bool]):
+        stride, padding, dilation, groups = self.args
+        return torch.ops.aten.convolution_backward(
+            grad, inputs, weight, None, stride, padding, dilation, False, [0, 0], groups, mask
+        )
+
+    def primal_backward(self, delta: torch.Tensor) -> torch.Tensor:
+        self.delta = delta
+        return self._backward(delta, self.a, self.weight, [True, False, False])[0]
+
+    def tangent(self, r: Optional[torch.Tensor], t: Tangent) -> Optional[torch.Tensor]:
+        vw = t.get(self.weight_name)
+        vb = t.get(self.bias_name) if self.bias_name else None
+        out = None if r is None else F.conv2d(r, self.weight, None, *self.args)
+        if vw is not None:
+            term = F.conv2d(self.a, vw, None, *self.args)
+            out = term if out is None else out.add_(term)
+        if vb is not None:
+            bias = vb.view(1, -1, 1, 1)
+            out = bias.expand_as(self.output).clone() if out is None else out.add_(bias)
+        return out
+
+    def backprop(self, rd: torch.Tensor, r_in: Optional[torch.Tensor], t: Tangent, dest: Tangent,
+                 lower: bool) -> Optional[torch.Tensor]:
+        vw = t.get(self.weight_name)
+        want_w = self.weight_name in dest
+        down, gw, _ = self._backward(rd, self.a, self.weight, [lower, want_w, False])
+        mixed = [lower and vw is not None, want_w and r_in is not None, False]
+        if any(mixed):
+            inputs = r_in if r_in is not None else self.a
+            down2, gw2, _ = self._backward(self.delta, inputs, vw if vw is not None else self.weight, mixed)
+            if mixed[0]:
+                down = down.add_(down2)
+            if mixed[1]:
+                gw = gw.add_(gw2)
+        if want_w:
+            dest[self.weight_name].copy_(gw)
+        if self.bias_name in dest:
+            torch.sum(rd, dim=(0, 2, 3), out=dest[self.bias_name])
+        return down if lower else None
+
+
 class _Elementwise:
-    d1: torch.Tensor  # σ'(z)
-    d2: Optional[torch.Tensor]  # σ''(z), None where it vanishes (ReLU)
-    d2_delta: Optional[torch.Tensor] = None  # σ''(z) ⊙ ∂loss/∂a, the curvature of the activation
+    """a = σ(z); its curvature term σ''(z) ⊙ ∂loss/∂a is what makes the Hessian differ from Gauss-Newton."""
+
+    def __init__(self, module: nn.Module, z: torch.Tensor) -> None:
+        self.output = module(z)
+        a = self.output
+        if isinstance(module, nn.Tanh):
+            self.d1 = 1 - a * a
+            self.d2 = -2 * a * self.d1
+        elif isinstance(module, nn.Sigmoid):
+            self.d1 = a * (1 - a)
+            self.d2 = self.d1 * (1 - 2 * a)
+        else:  # ReLU and LeakyReLU: piecewise linear, no curvature
+            slope = module.negative_slope if isinstance(module, nn.LeakyReLU) else 0.0
+            self.d1 = torch.where(z > 0, torch.ones_like(z), torch.full_like(z, slope))
+            self.d2 = None
+        self.up = torch.empty_like(a)
+
+    def primal_backward(self, delta: torch.Tensor) -> torch.Tensor:
+        self.d2_delta = None if self.d2 is None else self.d2 * delta
+        return delta * self.d1
+
+    def tangent(self, r: Optional[torch.Tensor], t: Tangent) -> Optional[torch.Tensor]:
+        return None if r is None else torch.mul(r, self.d1, out=self.up)
+
+    def backprop(self, rd: torch.Tensor, r_in: Optional[torch.Tensor], t: Tangent, dest: Tangent,
+                 lower: bool) -> torch.Tensor:
+        rd = rd.mul_(self.d1)
+        return rd if self.d2_delta is None or r_in is None else rd.addcmul_(self.d2_delta, r_in)
 
 
-def _derivatives(module: nn.Module, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    if isinstance(module, nn.Tanh):
-        d1 = 1 - a * a
-        return d1, -2 * a * d1
-    if isinstance(module, nn.Sigmoid):
-        d1 = a * (1 - a)
-        return d1, d1 * (1 - 2 * a)
-    if isinstance(module, nn.ReLU):
-        return (z > 0).to(z.dtype), None
-    slope = module.negative_slope  # LeakyReLU
-    return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, slope)), None
+class _MaxPool:
+    """Max pooling routes each tangent through the argmax positions of the primal pass."""
+
+    def __init__(self, module: nn.MaxPool2d, a: torch.Tensor) -> None:
+        self.output, index = F.max_pool2d(a, module.kernel_size, module.stride, module.padding, module.dilation,
+                                          ceil_mode=module.ceil_mode, return_indices=True)
+        self.index = index.flatten(2)
+        self.in_shape = a.shape
+
+    def _scatter(self, grad: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(self.in_shape, dtype=grad.dtype, device=grad.device).flatten(2)
+        return out.scatter_add_(2, self.index, grad.flatten(2)).view(self.in_shape)
+
+    def primal_backward(self, delta: torch.Tensor) -> torch.Tensor:
+        return self._scatter(delta)
+
+    def tangent(self, r: Optional[torch.Tensor], t: Tangent) -> Optional[torch.Tensor]:
+        return None if r is None else r.flatten(2).gather(2, self.index).view(self.output.shape)
+
+    def backprop(self, rd: torch.Tensor, r_in: Optional[torch.Tensor], t: Tangent, dest: Tangent,
+                 lower: bool) -> torch.Tensor:
+        return self._scatter(rd)
+
+
+class _Flatten:
+    def __init__(self, a: torch.Tensor) -> None:
+        self.in_shape = a.shape
+        self.output = a.reshape(a.shape[0], -1)
+
+    def primal_backward(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.reshape(self.in_shape)
+
+    def tangent(self, r: Optional[torch.Tensor], t: Tangent) -> Optional[torch.Tensor]:
+        return None if r is None else r.reshape(self.output.shape)
+
+    def backprop(self, rd: torch.Tensor, r_in: Optional[torch.Tensor], t: Tangent, dest: Tangent,
+                 lower: bool) -> torch.Tensor:
+        return rd.reshape(self.in_shape)
 
 
 class Unsupported(Exception):
@@ -96,30 +256,31 @@ class Unsupported(Exception):
 class LayerwiseHVP:
     """Cached forward/backward quantities of one batch; :meth:`product_into` writes H v for one column.
 
-    ``state`` maps every parameter name to its tensor (already on the operator's device and dtype); ``selected``
-    are the names the Hessian is taken with respect to. Layers before the first Linear only transform the inputs.
+    ``state`` maps every parameter name to its tensor (already on the operator's device and dtype). Which
+    parameters the Hessian is taken over is set per product by the keys of ``dest``. Layers before the first
+    parametrized one only transform the inputs and are not recorded.
     """
 
-    def __init__(self, model: nn.Module, loss: Callable, state: dict[str, torch.Tensor], selected: list[str],
-                 batch: Any) -> None:
+    def __init__(self, model: nn.Module, loss: Callable, state: dict[str, torch.Tensor], batch: Any) -> None:
         self.kind = loss_kind(loss)
-        self.selected = set(selected)
         a, targets = batch[0], batch[1]
         self.layers: list[Any] = []
         for name, module in leaf_layers(model):
             if isinstance(module, nn.Linear):
-                if a.ndim != 2:
-                    raise Unsupported(f"Linear layer {name} receives a {a.ndim}-D input")
-                bias = f"{name}.bias" if module.bias is not None else None
-                layer = _Linear(f"{name}.weight", bias, state[f"{name}.weight"], a)
-                self.layers.append(layer)
-                a = F.linear(a, layer.weight, state[bias] if bias else None)
-            elif isinstance(module, ELEMENTWISE) and self.layers:
-                out = module(a)
-                self.layers.append(_Elementwise(*_derivatives(module, a, out)))
-                a = out
-            else:  # Identity, Dropout (eval), Flatten, or an activation on the raw inputs
+                layer = _Linear(name, module, state, a)
+            elif isinstance(module, nn.Conv2d):
+                layer = _Conv(name, module, state, a)
+            elif not self.layers or isinstance(module, PASS_THROUGH):  # inputs only, or Dropout in eval mode
                 a = module(a)
+                continue
+            elif isinstance(module, nn.MaxPool2d):
+                layer = _MaxPool(module, a)
+            elif isinstance(module, nn.Flatten):
+                layer = _Flatten(a)
+            else:
+                layer = _Elementwise(module, a)
+            self.layers.append(layer)
+            a = layer.output
         self.output = a
         self.batch = a.shape[0]
         if self.kind == "cross_entropy":
@@ -133,19 +294,9 @@ class LayerwiseHVP:
             if targets.numel() != a.numel():
                 raise Unsupported("mean squared error needs targets of the output's size")
             grad = 2 * (a - targets.reshape(a.shape)) / a.numel()
-        # Backward pass: cache each Linear layer's output gradient and each activation's curvature term.
-        delta = grad
-        for layer in reversed(self.layers):
-            if isinstance(layer, _Linear):
-                layer.delta = delta
-                delta = delta @ layer.weight
-            else:
-                if layer.d2 is not None:
-                    layer.d2_delta = layer.d2 * delta
-                delta = delta * layer.d1
-        # Work buffers, reused by every product: the tangent activations going up and the tangent gradients down.
-        self.up = [torch.empty_like(l.delta if isinstance(l, _Linear) else l.d1) for l in self.layers]
-        self.down = [torch.empty_like(l.a) if isinstance(l, _Linear) else None for l in self.layers]
+        for layer in reversed(self.layers[1:]):
+            grad = layer.primal_backward(grad)
+        self.layers[0].delta = grad
 
     def _output_curvature(self, r_out: torch.Tensor) -> torch.Tensor:
         """R(∂loss/∂output): the loss Hessian w.r.t. the network output applied to the tangent output."""
@@ -154,48 +305,13 @@ class LayerwiseHVP:
             return (p * r_out - p * (r_out * p).sum(-1, keepdim=True)) / self.batch
         return 2 * r_out / self.output.numel()
 
-    def product_into(self, tangent: dict[str, torch.Tensor], dest: dict[str, torch.Tensor]) -> None:
+    def product_into(self, tangent: Tangent, dest: Tangent) -> None:
         """Write H v into ``dest`` (one contiguous tensor per selected parameter) for the tangent ``{name: v}``."""
         r = None
         inputs: list[Optional[torch.Tensor]] = []  # each layer's input tangent (None below every tangent)
-        for layer, buf in zip(self.layers, self.up):
+        for layer in self.layers:
             inputs.append(r)
-            if isinstance(layer, _Elementwise):
-                r = None if r is None else torch.mul(r, layer.d1, out=buf)
-                continue
-            vw = tangent.get(layer.weight_name)
-            vb = tangent.get(layer.bias_name) if layer.bias_name else None
-            if r is None and vw is None and vb is None:
-                continue
-            if r is not None:
-                torch.mm(r, layer.weight.T, out=buf)
-                if vw is not None:
-                    buf.addmm_(layer.a, vw.T)
-            elif vw is not None:
-                torch.mm(layer.a, vw.T, out=buf)
-            else:
-                buf.zero_()
-            if vb is not None:
-                buf.add_(vb)
-            r = buf
+            r = layer.tangent(r, tangent)
         rd = self._output_curvature(r)
         for depth in range(len(self.layers) - 1, -1, -1):
-            layer, r_in = self.layers[depth], inputs[depth]
-            if isinstance(layer, _Elementwise):
-                rd.mul_(layer.d1)
-                if layer.d2_delta is not None and r_in is not None:
-                    rd.addcmul_(layer.d2_delta, r_in)
-                continue
-            if layer.weight_name in self.selected:
-                gw = torch.mm(rd.T, layer.a, out=dest[layer.weight_name])
-                if r_in is not None:
-                    gw.addmm_(layer.delta.T, r_in)
-            if layer.bias_name in self.selected:
-                torch.sum(rd, dim=0, out=dest[layer.bias_name])
-            if depth == 0:
-                break
-            lower = torch.mm(rd, layer.weight, out=self.down[depth])
-            vw = tangent.get(layer.weight_name)
-            if vw is not None:
-                lower.addmm_(layer.delta, vw)
-            rd = lower
+            rd = self.layers[depth].backprop(rd, inputs[depth], tangent, dest, depth > 0)
