@@ -6,7 +6,6 @@ import math
 import time
 from typing import Optional
 
-import numpy as np
 import torch
 
 from landscape.errors import OptionError

@@ -10,7 +10,6 @@ arithmetic). Measured on CPU: 1.2-1.4x a gradient on the digits MLP against 1.7-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
