@@ -51,8 +51,8 @@ class HessianOperator(LinearOperator):
 
     - ``"layerwise"``: hand-written forward and backward tangent sweeps (Pearlmutter's R-op) for an
       ``nn.Sequential`` of Linear/Conv2d layers, Tanh/Sigmoid/ReLU/LeakyReLU, MaxPool2d, Flatten and Dropout under
-      ``F.cross_entropy`` or ``F.mse_loss`` (or their module forms); per batch the activations and derivatives are cached, and each product is a few matrix
-      products into reused buffers, with no autograd.
+      ``F.cross_entropy`` or ``F.mse_loss`` (or their module forms). Per batch the activations and derivatives
+      are cached once; each product is then a few matrix products into reused buffers, with no autograd.
     - ``"reverse"`` (reverse-over-reverse): one gradient graph per batch, shared by every column of a block;
       for a single ``(X, y)`` batch the graph is built once and reused by every later product.
     - ``"forward"`` (forward-over-reverse): ``torch.func.jvp`` of ``torch.func.grad``, vmapped over the columns.
