@@ -134,22 +134,18 @@ class HessianOperator(LinearOperator):
             yield move_batch(batch, self.device, self.dtype), size
 
     @staticmethod
-    def _require_finite(products: torch.Tensor) -> torch.Tensor:
-        if not bool(torch.isfinite(products).all()):
+    def _require_finite(values: torch.Tensor) -> torch.Tensor:
+        """``values`` (a batch's loss, or its products) unchanged, or a LossError if any entry is NaN or inf."""
+        if not bool(torch.isfinite(values).all()):
             raise LossError("the loss or its curvature is not finite on a batch (NaN or inf in the data or model?)")
-        return products
-
-    @staticmethod
-    def _check_finite(value: torch.Tensor) -> None:
-        if not torch.isfinite(value):
-            raise LossError(f"the loss is {value.item()} at these parameters; the Hessian is undefined there")
+        return values
 
     def _gradient_graph(self, batch: Any) -> GradientGraph:
         """The gradient of one batch's loss with its graph kept, for differentiating it again."""
         leaves = tuple(p.detach().requires_grad_() for p in self.params)
         with torch.enable_grad():
             value = self.batch_loss(leaves, batch)
-            self._check_finite(value)
+            self._require_finite(value)
             grads = torch.autograd.grad(value, leaves, create_graph=True, allow_unused=True)
         # Gradients that do not depend on the parameters (absent, or constant) contribute zero curvature.
         live = tuple(i for i, g in enumerate(grads) if g is not None and g.requires_grad)
