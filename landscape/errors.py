@@ -19,3 +19,11 @@ class ParameterError(LandscapeError):
 
 class OptionError(LandscapeError):
     """An argument has a value outside what the function accepts."""
+
+
+class CheckpointError(LandscapeError):
+    """A checkpoint file is missing, corrupt, unsafe to load, or does not fit the model."""
+
+
+class StoreError(LandscapeError):
+    """A results file cannot be read or written, or is not a landscape file."""

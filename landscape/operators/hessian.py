@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from landscape.errors import LossError, OptionError
 from landscape.operators.base import LinearOperator
 from landscape.operators import layerwise
+from landscape.operators.functional import eval_mode, evaluate_loss, is_scripted
 from landscape.operators.batches import checked_batches, is_single_batch, iterate_batches, move_batch
 from landscape.operators.params import FlatLayout, ParamFilter, select_parameters
 
-LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]
 PRODUCTS = ("auto", "layerwise", "reverse", "forward")
 
 
@@ -28,22 +28,11 @@ class GradientGraph(NamedTuple):
     live: tuple[int, ...]
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Evaluate ``model`` in eval mode (fixed BatchNorm statistics, no dropout) and restore its modes after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 class HessianOperator(LinearOperator):
     """``H = ∇²_θ (1/N) Σ_i loss(model(x_i), y_i)`` over the selected parameters θ, as a linear operator.
 
-    ``loss(output, targets)`` must return the *mean* over the batch; batches are weighted by their size, so the
+    ``loss(output, targets)`` (or a :class:`~landscape.operators.functional.ModelLoss` ``fn(model, batch)``)
+    must return the *mean* over the batch; batches are weighted by their size, so the
     product is exact for any batching. ``data`` is one ``(X, y)`` pair, a list of pairs or any iterable of batches
     (a DataLoader); it is iterated once per product and never held beyond the current batch.
 
@@ -97,6 +86,8 @@ class HessianOperator(LinearOperator):
                 'product="layerwise" needs an nn.Sequential of Linear/Conv2d, Tanh/Sigmoid/ReLU/LeakyReLU, '
                 "MaxPool2d, Flatten and Dropout under F.cross_entropy or F.mse_loss; use product=\"reverse\" here"
             )
+        if product == "forward" and is_scripted(model):
+            raise OptionError('product="forward" needs torch.func, which TorchScript modules refuse; use "reverse"')
         self.product = ("layerwise" if fits else "reverse") if product == "auto" else product
         self._product_requested = product
         self.vectorize = (self.device.type == "cuda") if vectorize is None else bool(vectorize)
@@ -115,12 +106,9 @@ class HessianOperator(LinearOperator):
     # -- the loss as a function of the selected parameters -------------------------------------------------
     def batch_loss(self, params: tuple[torch.Tensor, ...], batch: Any) -> torch.Tensor:
         """Mean loss of one (already moved) batch with the selected parameters replaced by ``params``."""
-        inputs, targets = batch[0], batch[1]
         state = dict(self._fixed)
         state.update(zip(self.names, params))
-        with eval_mode(self.model):
-            output = functional_call(self.model, state, (inputs,))
-        value = self.loss(output, targets)
+        value = evaluate_loss(self.model, self.loss, state, batch)
         if not isinstance(value, torch.Tensor) or value.ndim != 0:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise LossError(f"the loss must return a scalar (the batch mean), got {shape}; reduce it with .mean()")
