@@ -4,7 +4,8 @@ For an ``nn.Sequential`` of Linear and Conv2d layers, elementwise activations, m
 cross-entropy or mean squared error, the forward pass, the gradient and every activation derivative are computed
 once per batch and cached. Each tangent column is then pushed forward and back with plain matrix products written
 into preallocated buffers: no autograd graph, no vmap, no fresh allocation per Linear product (on CPU, page faults
-on fresh large tensors cost as much as the arithmetic). Measured on CPU: 1.2-1.4x a gradient on the digits MLP against 1.7-2.2x for the reused autograd graph.
+on fresh large tensors cost as much as the arithmetic). Measured on CPU: 1.2-1.4x a gradient on the digits MLP
+against 1.7-2.2x for the reused autograd graph.
 """
 
 from __future__ import annotations

@@ -1,0 +1,91 @@
+"""Plain-text and markdown tables of stored results, for `landscape analyze` and `landscape info`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from landscape import store
+from landscape.store import CheckpointRecord
+
+HEADERS = ("checkpoint", "step", "loss", "accuracy", "lambda_max", "lambda_k", "trace", "trace/n", "HVPs", "seconds")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, markdown: bool = False) -> str:
+    """Aligned columns, or a GitHub markdown table."""
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _number(value: Optional[float], digits: int = 5) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def record_row(record: CheckpointRecord) -> list[str]:
+    """One table row: fit at the checkpoint, top and k-th eigenvalue, trace with its standard error, cost."""
+    attrs, results = record.attrs, record.results
+    eigen, trace = results.get("eigen"), results.get("trace")
+    matvecs = sum(getattr(r, "num_matvecs", 0) for r in results.values())
+    k = len(eigen.values) if eigen is not None else 0
+    return [
+        record.name,
+        "-" if record.step is None else str(record.step),
+        _number(attrs.get("loss")),
+        _number(attrs.get("accuracy"), 4),
+        _number(eigen.values[0]) if k else "-",
+        f"{_number(eigen.values[-1])} (k={k})" if k > 1 else "-",
+        f"{trace.estimate:.5g} ± {trace.stderr:.2g}" if trace is not None else "-",
+        _number(trace.normalized, 4) if trace is not None else "-",
+        str(matvecs),
+        _number(attrs.get("seconds"), 3),
+    ]
+
+
+def results_table(path: str | Path, names: Optional[Sequence[str]] = None, *, markdown: bool = False) -> str:
+    """The table of a results file's checkpoints (all, or those named), ordered by step."""
+    records = store.read_results(path)
+    chosen = [r for r in records.values() if names is None or r.name in names]
+    return format_table(HEADERS, [record_row(r) for r in chosen], markdown=markdown)
+
+
+def _describe_result(result: Any) -> str:
+    kind = type(result).__name__
+    if kind == "EigenResult":
+        values = ", ".join(f"{v:.5g}" for v in result.values)
+        return f"{len(result.values)} eigenvalues ({result.which}): {values}"
+    if kind == "TraceResult":
+        return f"{result.estimate:.6g} ± {result.stderr:.2g} ({result.method}, {result.num_matvecs} HVPs)"
+    if kind == "DensityResult":
+        return (f"{result.num_probes} probes × {result.num_steps} steps on [{result.grid[0]:.4g}, "
+                f"{result.grid[-1]:.4g}], {len(result.grid)} grid points")
+    return kind
+
+
+def describe(path: str | Path) -> str:
+    """What a results file holds: versions, then each checkpoint's provenance and results (per layer too)."""
+    root = store.root_attributes(path)
+    lines = [f"{path}: landscape results, format version {root.get('format_version')}",
+             f"  created {root.get('created')}, modified {root.get('modified')}, landscape "
+             f"{root.get('landscape_version')}, torch {root.get('torch_version')}, h5py {root.get('h5py_version')}"]
+    records = store.read_results(path)
+    if not records:
+        lines.append("  no checkpoints yet")
+    for record in records.values():
+        a = record.attrs
+        lines.append(f"checkpoints/{record.name}: step {a.get('step', '-')}, {a.get('path')} ({a.get('format')}, "
+                     f"sha256 {str(a.get('sha256', ''))[:12]}…)")
+        lines.append(f"  model {a.get('model_spec') or '(in the file)'}, {a.get('num_params')} parameters; "
+                     f"data {a.get('data_description', a.get('data'))}; loss {a.get('loss_function')}; "
+                     f"{a.get('dtype')} on {a.get('device')}, seed {a.get('seed')}")
+        for metric, result in record.results.items():
+            lines.append(f"  {metric}: {_describe_result(result)}")
+        for layer, results in record.layers.items():
+            summary = "; ".join(f"{m}: {_describe_result(r)}" for m, r in results.items())
+            lines.append(f"  layers/{layer}: {summary}")
+    return "\n".join(lines)
