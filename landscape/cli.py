@@ -3,15 +3,80 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Optional, Sequence
 
 import torch
 
 from landscape import __version__
+from landscape.analysis import METRICS
 from landscape.errors import LandscapeError
+from landscape.linalg.trace import METHODS as TRACE_METHODS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+ANALYZE_EXAMPLE = """\
+examples:
+  landscape analyze model.pt --model mlp --data digits
+  landscape analyze runs/ckpts/ --model mypkg.nets:resnet18 --model-kwargs '{"num_classes": 10}' \\
+      --data train.npz --batch-size 512 --metrics eigs,trace --top-k 10 --dtype float64 -o results.h5
+  landscape analyze "ckpt_*.pt" --model mlp --data digits --per-layer -o results.h5 --resume
+
+CHECKPOINT may be a file, a folder (every checkpoint file in it) or a quoted glob; several are analysed in order of
+their training step. State dicts need --model; TorchScript files, torch.export programs (.pt2) and checkpoints
+written by `landscape train` carry their architecture."""
+
+
+def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
+    """`landscape analyze`: every option, with its default, in --help."""
+    p = sub.add_parser(
+        "analyze",
+        help="Hessian eigenvalues, trace and spectral density of saved checkpoints, into an HDF5 file",
+        description="Load each checkpoint, compute the Hessian of the mean loss over the data (matrix-free), and add "
+        "its top eigenvalues (Lanczos), trace (Krylov-deflated Hutchinson) and spectral density (stochastic Lanczos "
+        "quadrature) to an HDF5 results file, one group per checkpoint. Prints a summary table at the end.",
+        epilog=ANALYZE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files, folders or globs")
+    p.add_argument("--model", metavar="SPEC", help="architecture for state dicts: a built-in name (mlp, cnn, "
+                   "chebyshev) or package.module:factory")
+    p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as a JSON "
+                   "object, e.g. '{\"sizes\": [64, 128, 10]}'")
+    p.add_argument("--data", required=True, metavar="SPEC", help="a built-in data set (digits, chebyshev, teacher), "
+                   "a .npz/.pt/.h5 file with X and y, or package.module:callable returning a Dataset or DataLoader")
+    p.add_argument("--split", default="train", help="which split of the data: train, test or all (default: train)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="samples per batch; the Hessian is exact for any "
+                   "batching (default: the whole data set in one batch)")
+    p.add_argument("--subset", type=int, metavar="N", help="a random subset of N samples, chosen with --seed")
+    p.add_argument("--loss", metavar="SPEC", help="cross-entropy, mse, squared (Cohen et al.'s ½‖out − onehot‖²), "
+                   "or package.module:callable taking (model, batch) (default: cross-entropy for integer labels, "
+                   "mse for real targets)")
+    p.add_argument("--metrics", default=",".join(METRICS), help="comma-separated subset of eigs,trace,density "
+                   "(default: all three)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="number of top eigenvalues (default: 5)")
+    p.add_argument("--tol", type=float, default=1e-6, help="relative residual at which Lanczos stops (default: 1e-6)")
+    p.add_argument("--trace-matvecs", type=int, default=99, metavar="M", help="Hessian-vector products for the "
+                   "trace (default: 99)")
+    p.add_argument("--trace-method", default="krylov", choices=TRACE_METHODS, help="trace estimator (default: "
+                   "krylov)")
+    p.add_argument("--density-probes", type=int, default=10, metavar="P", help="SLQ probe vectors (default: 10)")
+    p.add_argument("--density-steps", type=int, default=80, metavar="S", help="Lanczos steps per SLQ probe "
+                   "(default: 80)")
+    p.add_argument("--per-layer", action="store_true", help="repeat the metrics for each module's parameters")
+    p.add_argument("--save-vectors", action="store_true", help="store the top eigenvectors too (k × parameters)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="precision of the curvature "
+                   "(default: float32)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random probe and --subset (default: 0)")
+    p.add_argument("-o", "--output", default="results.h5", metavar="FILE", help="HDF5 results file; created, or "
+                   "added to (default: results.h5)")
+    p.add_argument("--resume", action="store_true", help="skip checkpoints whose results the output already holds")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that need arbitrary code to "
+                   "load (pickled objects): only for files you trust")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"landscape {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_analyze_parser(sub)
+    info = sub.add_parser("info", help="print what a results file holds",
+                          description="Print a results file's versions, and each checkpoint's provenance and results.")
+    info.add_argument("file", metavar="FILE", help="an HDF5 file written by landscape")
+    info.add_argument("--markdown", action="store_true", help="print the summary table as markdown")
     demo = sub.add_parser(
         "demo",
         help="train a small MLP on scikit-learn's digits and print its Hessian's curvature",
@@ -61,13 +131,56 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_analyze_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from landscape.analysis import AnalysisSettings, analyze
+    from landscape.checkpoints import parse_model_kwargs
+    from landscape.data import load_data
+    from landscape.losses import resolve_loss
+    from landscape.report import results_table
+
+    settings = AnalysisSettings(
+        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+        top_k=args.top_k, tol=args.tol, trace_matvecs=args.trace_matvecs, trace_method=args.trace_method,
+        density_probes=args.density_probes, density_steps=args.density_steps, per_layer=args.per_layer,
+        dtype=DTYPES[args.dtype], device=args.device, seed=args.seed, save_vectors=args.save_vectors,
+    )
+    model_kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else None
+    data = load_data(args.data, split=args.split, batch_size=args.batch_size, subset=args.subset, seed=args.seed)
+    loss = resolve_loss(args.loss, data.task)
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    summaries = analyze(
+        args.checkpoints, data=data, loss=loss, output=args.output, settings=settings, model_spec=args.model,
+        model_kwargs=model_kwargs, trust=args.trust_checkpoint, resume=args.resume,
+        command=" ".join(shlex.quote(a) for a in ["landscape", *argv]), progress=False if args.quiet else None,
+        report=say,
+    )
+    if summaries:
+        print(results_table(args.output, [s.name for s in summaries]))
+    print(f"results: {args.output}")
+    return 0
+
+
+def run_info_command(args: argparse.Namespace) -> int:
+    from landscape.report import describe, results_table
+
+    print(describe(args.file))
+    print()
+    print(results_table(args.file, markdown=args.markdown))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
+        if args.command == "analyze":
+            return run_analyze_command(args, argv)
+        if args.command == "info":
+            return run_info_command(args)
         return run_demo_command(args)
     except LandscapeError as err:
         print(f"landscape {args.command}: error: {err}", file=sys.stderr)

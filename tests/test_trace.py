@@ -131,3 +131,11 @@ def test_krylov_trace_of_mlp_hessian_is_exact_at_full_budget(mlp, data, mlp_hess
     # and a small budget still lands within a few standard errors
     small = trace(op, 30, method="krylov", seed=1)
     assert abs(small.estimate - true) <= 5 * small.stderr + 1e-12
+
+
+@pytest.mark.parametrize("method", ["krylov", "hutch++", "hutchinson"])
+def test_a_budget_of_n_products_buys_the_exact_trace(method):
+    A = random_symmetric(300, seed=5)
+    result = trace(DenseOperator(A), 300, method=method, block_size=64)
+    assert result.method == "exact" and result.stderr == 0.0 and result.num_matvecs == 300
+    assert result.estimate == pytest.approx(float(A.trace()), rel=1e-12)

@@ -134,11 +134,31 @@ def trace(
     seed: Seed = 0,
     block_size: Optional[int] = None,
 ) -> TraceResult:
-    """Estimate tr(A) with ``num_matvecs`` products by ``method`` ("krylov", "hutch++" or "hutchinson")."""
+    """Estimate tr(A) with ``num_matvecs`` products by ``method`` ("krylov", "hutch++" or "hutchinson").
+
+    A budget of at least the dimension n buys the exact trace from n unit vectors instead (method "exact"): cheaper
+    than any estimate at that budget, and what small per-layer blocks such as biases get.
+    """
+    if method not in METHODS:
+        raise OptionError(f"trace method must be one of {METHODS}, got {method!r}")
+    if num_matvecs >= op.shape[0]:
+        return exact_trace(op, block_size=block_size)
     if method == "krylov":
         return krylov_hutchinson(op, num_matvecs, seed=seed, block_size=block_size)
     if method == "hutch++":
         return hutchpp(op, num_matvecs, seed=seed, block_size=block_size)
-    if method == "hutchinson":
-        return hutchinson(op, num_matvecs, seed=seed, block_size=block_size)
-    raise OptionError(f"trace method must be one of {METHODS}, got {method!r}")
+    return hutchinson(op, num_matvecs, seed=seed, block_size=block_size)
+
+
+def exact_trace(op: LinearOperator, *, block_size: Optional[int] = None) -> TraceResult:
+    """tr(A) = Σ_i e_iᵀ A e_i from n products with the unit vectors: exact, no randomness."""
+    start = time.perf_counter()
+    n = op.shape[0]
+    total = 0.0
+    for first in range(0, n, 256):
+        count = min(256, n - first)
+        basis = torch.zeros(count, n, dtype=op.dtype, device=op.device)
+        basis[:, first:first + count].fill_diagonal_(1.0)
+        rows = apply_in_blocks(op, basis, block_size)
+        total += float(rows[:, first:first + count].diagonal().sum())
+    return _result(total, torch.empty(0, dtype=op.dtype), "exact", op, n, None, start)

@@ -44,9 +44,15 @@ def is_scripted(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Evaluate ``model`` in eval mode (fixed BatchNorm statistics, no dropout) and restore its modes after."""
+    """Evaluate ``model`` in eval mode (fixed BatchNorm statistics, no dropout) and restore its modes after.
+
+    A ``torch.export`` program refuses ``eval()``: its mode was fixed when it was exported, and is used as is.
+    """
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:
+        pass
     try:
         yield
     finally:

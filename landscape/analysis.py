@@ -1,0 +1,283 @@
+"""The main job: checkpoints, data and a loss in; Hessian eigenvalues, trace and density per checkpoint out, in HDF5."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from landscape import store
+from landscape.checkpoints import Checkpoint, file_sha256, find_checkpoints, load_checkpoint
+from landscape.data import LoadedData
+from landscape.errors import LandscapeError, LossError, OptionError
+from landscape.linalg import lanczos, spectral_density, trace
+from landscape.linalg.trace import METHODS as TRACE_METHODS
+from landscape.losses import check_targets, loss_name
+from landscape.operators.batches import checked_batches, move_batch
+from landscape.operators.functional import ModelLoss, evaluate_loss
+from landscape.operators.hessian import HessianOperator
+from landscape.store import Result
+
+METRICS = ("eigs", "trace", "density")
+GROUP_NAMES = {"eigs": "eigen", "trace": "trace", "density": "density"}
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """What to compute and how; stored with every checkpoint's results."""
+
+    metrics: tuple[str, ...] = METRICS
+    top_k: int = 5
+    tol: float = 1e-6
+    trace_matvecs: int = 99
+    trace_method: str = "krylov"
+    density_probes: int = 10
+    density_steps: int = 80
+    per_layer: bool = False
+    dtype: torch.dtype = torch.float32
+    device: Optional[str] = None
+    seed: int = 0
+    save_vectors: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise OptionError(
+                f"--metrics must be a comma-separated subset of {','.join(METRICS)}, got {unknown or 'nothing'}")
+        for name in ("top_k", "trace_matvecs", "density_probes", "density_steps"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.trace_method not in TRACE_METHODS:
+            raise OptionError(f"--trace-method must be one of {', '.join(TRACE_METHODS)}, got {self.trace_method!r}")
+        if not self.tol >= 0:
+            raise OptionError(f"--tol must be non-negative, got {self.tol}")
+
+    def as_attrs(self) -> dict[str, Any]:
+        """The settings as HDF5-friendly attributes."""
+        attrs = dataclasses.asdict(self)
+        attrs["metrics"] = list(self.metrics)
+        attrs["dtype"] = str(self.dtype).replace("torch.", "")
+        return attrs
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """One row of the closing table."""
+
+    name: str
+    step: Optional[int]
+    loss: float
+    accuracy: Optional[float]
+    results: dict[str, Result]
+    seconds: float
+
+
+def curvature(
+    model: nn.Module,
+    loss: Any,
+    data: Any,
+    settings: AnalysisSettings,
+    *,
+    params: Optional[Sequence[str]] = None,
+    progress: Optional[bool] = None,
+) -> dict[str, Result]:
+    """The requested metrics of the Hessian of the mean loss over ``data`` (over ``params`` when given)."""
+    op = HessianOperator(model, loss, data, params=params, dtype=settings.dtype, device=settings.device)
+    results: dict[str, Result] = {}
+    if "eigs" in settings.metrics:
+        eig = lanczos(op, min(settings.top_k, op.shape[0]), tol=settings.tol, seed=settings.seed,
+                      return_vectors=settings.save_vectors, progress=progress)
+        results["eigen"] = eig
+    if "trace" in settings.metrics:
+        results["trace"] = trace(op, settings.trace_matvecs, method=settings.trace_method, seed=settings.seed)
+    if "density" in settings.metrics:
+        results["density"] = spectral_density(op, num_probes=settings.density_probes,
+                                              num_steps=settings.density_steps, seed=settings.seed,
+                                              progress=progress)
+    op.release()
+    return results
+
+
+def layer_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Trainable parameter names grouped by the module that owns them (``"0"``: ``["0.weight", "0.bias"]``)."""
+    groups: dict[str, list[str]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            owner = name.rpartition(".")[0] or name
+            groups.setdefault(owner, []).append(name)
+    return groups
+
+
+def first_batch(data: Any) -> Any:
+    """The first batch of a data set (a single ``(X, y)`` pair is its own first batch)."""
+    for batch, _ in checked_batches(data):
+        return batch
+    raise AssertionError("checked_batches yields or raises")
+
+
+def fit(model: nn.Module, loss: Any, data: Any, *, dtype: torch.dtype,
+        device: Optional[str] = None) -> tuple[float, Optional[float]]:
+    """Mean loss over the data, and accuracy when outputs are class scores and targets integer labels."""
+    total_loss, correct, count, classify = 0.0, 0, 0, not isinstance(loss, ModelLoss)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    state = move_batch({k: v.detach() for k, v in [*model.named_parameters(), *model.named_buffers()]}, device, dtype)
+    with torch.no_grad():
+        for batch, size in checked_batches(data):
+            batch = move_batch(batch, device, dtype)
+            total_loss += float(evaluate_loss(model, loss, state, batch)) * size
+            count += size
+            if classify:
+                targets = batch[1]
+                classify = targets.dtype == torch.int64 and targets.ndim == 1
+                if classify:
+                    outputs = evaluate_loss(model, lambda out, _: out, state, batch)
+                    correct += int((outputs.argmax(1) == targets).sum())
+    return total_loss / count, (correct / count if classify else None)
+
+
+def check_pairing(checkpoint: Checkpoint, loss: Any, data: LoadedData) -> None:
+    """Run the model and loss on the first batch: wrong shapes, bad labels or a non-finite loss fail here, clearly."""
+    model = checkpoint.model
+    where = checkpoint.info.path
+    param = next(model.parameters(), None)
+    if param is None:
+        raise LandscapeError(f"{where}: the model has no parameters")
+    batch = move_batch(first_batch(data.batches), param.device, param.dtype)
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    try:
+        with torch.no_grad():
+            if not isinstance(loss, ModelLoss):
+                outputs = evaluate_loss(model, lambda out, _: out, state, batch)
+                check_targets(loss, outputs, batch[1])
+            value = evaluate_loss(model, loss, state, batch)
+    except LandscapeError as err:
+        raise type(err)(f"{where} on {data.spec}: {err}") from None
+    except Exception as err:  # the model's own code failing on this data: say where, keep the first line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LandscapeError(f"{where}: the model fails on a batch of {data.spec}: {first}") from None
+    if not isinstance(value, torch.Tensor) or value.ndim != 0:
+        raise LossError(f"the loss {loss_name(loss)} must return a scalar (the batch mean)")
+    if not math.isfinite(float(value)):
+        raise LossError(f"{where}: the loss is {float(value)} on the first batch of {data.spec}; "
+                        "the checkpoint or the data holds NaN/inf or the model diverged")
+
+
+def analyze_checkpoint(
+    checkpoint: Checkpoint,
+    loss: Any,
+    data: LoadedData,
+    settings: AnalysisSettings,
+    *,
+    progress: Optional[bool] = None,
+) -> tuple[dict[str, Result], dict[str, tuple[list[str], dict[str, Result]]], float, Optional[float]]:
+    """Whole-model results, per-layer results (when asked), and the loss and accuracy at the checkpoint."""
+    model = checkpoint.model
+    try:
+        loss_value, accuracy = fit(model, loss, data.batches, dtype=settings.dtype, device=settings.device)
+        results = curvature(model, loss, data.batches, settings, progress=progress)
+        layers = {}
+        if settings.per_layer:
+            for group, names in layer_groups(model).items():
+                layers[group] = (names, curvature(model, loss, data.batches, settings, params=names, progress=progress))
+    except LandscapeError as err:
+        raise type(err)(f"{checkpoint.info.path}: {err}") from None
+    return results, layers, loss_value, accuracy
+
+
+def checkpoint_attrs(checkpoint: Checkpoint, data: LoadedData, loss: Any, settings: AnalysisSettings,
+                     command: Optional[str]) -> dict[str, Any]:
+    """Provenance of one checkpoint's results: the file, the model, the data, the loss, the settings, the run."""
+    info = checkpoint.info
+    model = checkpoint.model
+    return {
+        "path": info.path,
+        "format": info.format,
+        "size": info.size,
+        "sha256": info.sha256,
+        "step": info.step,
+        "model_spec": checkpoint.model_spec,
+        "model_kwargs": dict(checkpoint.model_kwargs),
+        "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "data": data.spec,
+        "data_description": data.description,
+        "num_samples": data.num_samples,
+        "loss_function": loss_name(loss),
+        "command": command,
+        "analyzed": store.now(),
+        "device": str(settings.device or next(model.parameters()).device),
+        **settings.as_attrs(),
+    }
+
+
+def already_done(output: Path, checkpoint_paths: Iterable[Path], settings: AnalysisSettings) -> set[str]:
+    """Checkpoint files whose results (same sha256, every requested metric) the output file already holds."""
+    if not output.exists():
+        return set()
+    wanted = {GROUP_NAMES[m] for m in settings.metrics}
+    held = {
+        (record.attrs.get("path"), record.attrs.get("sha256"))
+        for record in store.read_results(output).values()
+        if wanted <= set(record.results) and (not settings.per_layer or record.layers)
+    }
+    done = set()
+    for path in checkpoint_paths:
+        if (str(path.resolve()), file_sha256(path)) in held:
+            done.add(str(path))
+    return done
+
+
+def analyze(
+    checkpoints: Sequence[str],
+    *,
+    data: LoadedData,
+    loss: Any,
+    output: str,
+    settings: AnalysisSettings,
+    model_spec: Optional[str] = None,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+    trust: bool = False,
+    resume: bool = False,
+    command: Optional[str] = None,
+    progress: Optional[bool] = None,
+    report: Any = None,
+) -> list[CheckpointSummary]:
+    """Analyse every checkpoint and add its results to ``output``, one atomic write per checkpoint.
+
+    Every input is checked before any computation (each checkpoint is loaded and run on the first batch), so a bad
+    file or option never leaves a partial output. ``resume`` skips checkpoints whose results are already stored.
+    ``report(message)`` receives a line per checkpoint as it completes.
+    """
+    out_path = store.check_writable(output)
+    paths = find_checkpoints(checkpoints)
+    skip = already_done(out_path, paths, settings) if resume else set()
+
+    def load(path: Path) -> Checkpoint:
+        return load_checkpoint(path, model_spec=model_spec, model_kwargs=model_kwargs, trust=trust)
+
+    for path in paths:
+        if str(path) not in skip:
+            check_pairing(load(path), loss, data)
+    summaries = []
+    for path in paths:
+        if str(path) in skip:
+            if report:
+                report(f"{path}: already in {out_path}, skipped (--resume)")
+            continue
+        start = time.perf_counter()
+        checkpoint = load(path)
+        results, layers, loss_value, accuracy = analyze_checkpoint(checkpoint, loss, data, settings, progress=progress)
+        seconds = time.perf_counter() - start
+        attrs = checkpoint_attrs(checkpoint, data, loss, settings, command)
+        attrs.update(loss=loss_value, accuracy=accuracy, seconds=seconds)
+        with store.update_results(out_path) as handle:
+            name = store.write_checkpoint(handle, checkpoint.info.name, results, attrs=attrs, layers=layers)
+        summaries.append(CheckpointSummary(name, checkpoint.info.step, loss_value, accuracy, results, seconds))
+        if report:
+            report(f"{path}: done in {seconds:.1f} s")
+    return summaries

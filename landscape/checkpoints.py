@@ -1,0 +1,657 @@
+"""Load users' checkpoints as they are, and save the toolkit's own.
+
+Reads PyTorch state dicts (bare or under a wrapper key, from Lightning, DataParallel/DDP or ``torch.compile``),
+safetensors, TorchScript, ``torch.export`` programs and the toolkit's own format. The format is found from the
+file's contents, not its suffix. Every problem with a file is a one-line :class:`CheckpointError`; problems with
+``--model`` / ``--model-kwargs`` are :class:`OptionError`.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib
+import json
+import os
+import pickle
+import re
+import struct
+import uuid
+import warnings
+import zipfile
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from landscape.errors import CheckpointError, OptionError
+from landscape.models import BUILTIN_MODELS
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "Checkpoint",
+    "CheckpointInfo",
+    "build_model",
+    "find_checkpoints",
+    "load_checkpoint",
+    "parse_model_kwargs",
+    "save_checkpoint",
+]
+
+PathLike = str | os.PathLike
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2", ".ts", ".jit")
+_NAME_SUFFIXES = CHECKPOINT_SUFFIXES + (".tar",)  # "checkpoint.pth.tar" is a common spelling
+_STEP_KEYS = ("step", "global_step", "iteration", "epoch")
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+_TOOLKIT_FORMAT = "landscape-checkpoint"
+_TOOLKIT_VERSION = 1
+_MAX_LISTED = 10
+_MAX_WRAPPER_DEPTH = 4
+_TRUST_HINT = "pass --trust-checkpoint (trust=True in Python), but only for files you trust"
+_MODEL_HINT = f"use a built-in name ({', '.join(sorted(BUILTIN_MODELS))}) or 'package.module:factory' for your own"
+
+# What torch.load, pickle, zipfile and safetensors raise on truncated, corrupt or foreign bytes.
+_READ_ERRORS = (
+    RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError,
+    AttributeError, IndexError, TypeError, AssertionError, struct.error, OverflowError, MemoryError, SafetensorError,
+)
+# Types a weights-only torch.load accepts, so a toolkit checkpoint never needs trust to load.
+_SAVEABLE_CONTAINERS = (dict, OrderedDict, list, tuple, set, torch.Size)
+_SAVEABLE_LEAVES = (type(None), bool, int, float, complex, str, bytes, torch.Tensor, torch.dtype, torch.device)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where a checkpoint came from, recorded next to the results so they can be traced back to the file."""
+
+    path: str  # absolute path
+    name: str  # file name without the checkpoint extension(s), e.g. "step_100"
+    format: str  # "state_dict" | "lightning" | "safetensors" | "torchscript" | "export" | "landscape" | "module"
+    size: int  # bytes
+    sha256: str
+    step: int | None  # training step from the contents, else from the file name, else None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model with the checkpoint's weights loaded (on CPU), and how it was built."""
+
+    model: nn.Module
+    info: CheckpointInfo
+    model_spec: str | None  # None when the file carries its own architecture (TorchScript, export, pickled module)
+    model_kwargs: dict
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """What a weights file holds once unwrapped: a state dict (or a whole pickled module) and what it says of itself."""
+
+    format: str
+    state_dict: Mapping[str, Any]
+    module: nn.Module | None = None
+    model_spec: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    step: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------- models
+
+
+def build_model(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build the model ``--model`` names: a built-in name, or ``package.module:factory`` called with ``**kwargs``.
+
+    The factory may be any callable returning an ``nn.Module``, including an ``nn.Module`` subclass.
+    """
+    if not isinstance(spec, str):
+        raise OptionError(f"--model must be a string, got a {type(spec).__name__}: {_MODEL_HINT}")
+    kwargs = dict(kwargs or {})
+    factory = BUILTIN_MODELS.get(spec) or _import_factory(spec)
+    try:
+        model = factory(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise OptionError(
+            f"--model {spec!r} could not be built with --model-kwargs {kwargs!r} ({_first_line(err)}); "
+            "check the argument names and values"
+        ) from err
+    if not isinstance(model, nn.Module):
+        raise OptionError(
+            f"--model {spec!r} returned a {type(model).__name__}, expected a torch.nn.Module; "
+            "point it at a function or class that builds the model"
+        )
+    return model
+
+
+def _import_factory(spec: str) -> Any:
+    """The callable a ``package.module:factory`` spec names (``factory`` may be dotted, e.g. ``Class.create``)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise OptionError(f"unknown --model {spec!r}: {_MODEL_HINT}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as err:  # importing user code can raise anything; report it against the spec
+        raise OptionError(
+            f"--model {spec!r}: cannot import {module_name!r} ({type(err).__name__}: {_first_line(err)}); "
+            "check the module name and that its package is installed or on PYTHONPATH"
+        ) from err
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise OptionError(f"--model {spec!r}: {module_name!r} has no attribute {attr!r}; check the factory name")
+        target = getattr(target, part)
+    if not callable(target):
+        raise OptionError(f"--model {spec!r}: {attr!r} is a {type(target).__name__}, expected a function or class")
+    return target
+
+
+def parse_model_kwargs(text: str | None) -> dict:
+    """The ``--model-kwargs`` JSON object as a dict (``{}`` when not given)."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise OptionError(
+            f"--model-kwargs is not valid JSON ({err.msg} at character {err.pos}); "
+            'expected an object such as \'{"sizes": [64, 10]}\''
+        ) from err
+    if not isinstance(value, dict):
+        raise OptionError(
+            f"--model-kwargs must be a JSON object, got a {type(value).__name__}; "
+            'write it as \'{"name": value, ...}\''
+        )
+    return value
+
+
+# ------------------------------------------------------------------------------------------------------- discovery
+
+
+def find_checkpoints(paths: Sequence[PathLike] | PathLike) -> list[Path]:
+    """The checkpoint files that files, folders (non-recursive, known suffixes) and glob patterns name.
+
+    Deduplicated, as absolute paths, ordered by the step in the file name; files without one come last, ties by name.
+    A single path may be passed instead of a sequence.
+    """
+    entries = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    found: dict[Path, Path] = {}
+    for entry in entries:
+        for path in _expand(str(entry)):
+            found.setdefault(path.resolve(), path.absolute())
+    return sorted(found.values(), key=_order_key)
+
+
+def _expand(entry: str) -> list[Path]:
+    """The files one ``find_checkpoints`` entry names."""
+    path = Path(entry)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = _folder_files(path)
+        if not files:
+            raise CheckpointError(
+                f"folder '{entry}' holds no checkpoint files (looked for {', '.join(CHECKPOINT_SUFFIXES)}, "
+                "not in subfolders); name the files or a glob pattern instead"
+            )
+        return files
+    if not re.search(r"[*?[]", entry):
+        raise CheckpointError(f"checkpoint path '{entry}' does not exist; pass a file, a folder or a glob pattern")
+    matches = [p for m in sorted(glob.glob(entry, recursive=True)) for p in _glob_match(Path(m))]
+    if not matches:
+        raise CheckpointError(f"glob pattern '{entry}' matched no checkpoint files; check the pattern and the folder")
+    return matches
+
+
+def _glob_match(path: Path) -> list[Path]:
+    """A glob match as files: the file itself, or a folder's checkpoint files."""
+    if path.is_dir():
+        return _folder_files(path)
+    return [path] if path.is_file() else []
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The files directly in ``folder`` with a checkpoint suffix."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
+
+
+def _order_key(path: Path) -> tuple[bool, int, str, str]:
+    step = _step_from_name(_short_name(path))
+    return (step is None, step or 0, path.name, str(path))
+
+
+def _short_name(path: Path) -> str:
+    """The file name without its checkpoint extension(s): ``step_100.pth.tar`` -> ``step_100``."""
+    name = path.name
+    while (suffix := Path(name).suffix).lower() in _NAME_SUFFIXES and suffix != name:
+        name = name[: -len(suffix)]
+    return name
+
+
+def _step_from_name(name: str) -> int | None:
+    """The last integer in a short name: ``ckpt_step=1200`` -> 1200, ``model-000300`` -> 300, ``epoch5`` -> 5."""
+    numbers = re.findall(r"\d+", name)
+    return int(numbers[-1]) if numbers else None
+
+
+# --------------------------------------------------------------------------------------------------------- loading
+
+
+def load_checkpoint(
+    path: PathLike,
+    *,
+    model_spec: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    trust: bool = False,
+) -> Checkpoint:
+    """Load a checkpoint file into a model on CPU, whatever the format (found from the contents).
+
+    State dicts and safetensors need ``model_spec`` (``--model``) to build the architecture; toolkit checkpoints
+    carry their own (an explicit ``model_spec`` wins). TorchScript and ``torch.export`` files carry their own code
+    and ignore ``model_spec``. Pickles are loaded weights-only unless ``trust`` is set, because unpickling
+    anything else can run arbitrary code.
+    """
+    path = Path(path)
+    kind = _sniff(path)
+    if kind in ("torchscript", "export"):
+        model = _load_torchscript(path) if kind == "torchscript" else _load_export(path)
+        return Checkpoint(model, _info(path, kind, None), None, {})
+    weights = _load_safetensors(path) if kind == "safetensors" else _unpack(_torch_load(path, trust), path)
+    spec = model_spec if model_spec is not None else weights.model_spec
+    if spec is None and weights.module is not None:
+        return Checkpoint(weights.module, _info(path, weights.format, weights.step), None, {})
+    if spec is None:
+        raise CheckpointError(
+            f"checkpoint '{path}' holds only weights (a state dict), not the architecture; pass --model "
+            f"(model_spec= in Python) and --model-kwargs to build it: {_MODEL_HINT}"
+        )
+    use_file_kwargs = model_kwargs is None and spec == weights.model_spec
+    kwargs = dict(weights.model_kwargs if use_file_kwargs else model_kwargs or {})
+    model = build_model(spec, kwargs)
+    _load_state_dict(model, weights.state_dict, path, spec)
+    return Checkpoint(model, _info(path, weights.format, weights.step), spec, kwargs)
+
+
+def _sniff(path: Path) -> str:
+    """The file's format from its first bytes: "zip" (torch.save), "pickle" (legacy torch.save), "safetensors",
+    "torchscript" or "export"."""
+    head = _read_head(path)
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_kind(path)
+    if head.startswith(b"\x80"):
+        return "pickle"
+    header_len = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    if (0 < header_len <= path.stat().st_size - 8 and head[8:9] == b"{") or path.suffix.lower() == ".safetensors":
+        return "safetensors"
+    raise CheckpointError(
+        f"checkpoint '{path}' is not a format landscape reads (a torch.save file, safetensors, TorchScript or "
+        "torch.export .pt2); it may be truncated or corrupt, re-save or re-download it"
+    )
+
+
+def _read_head(path: Path) -> bytes:
+    """The first 16 bytes of an existing, non-empty, readable file."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file '{path}' does not exist; check the path")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' is not a file (a folder?); name one checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({err.strerror}); check its permissions") from err
+    if not head:
+        raise CheckpointError(
+            f"checkpoint '{path}' is empty (0 bytes); it was not written completely, re-save or re-download it"
+        )
+    return head
+
+
+def _zip_kind(path: Path) -> str:
+    """Tell torch.save, TorchScript and torch.export zip archives apart by the records inside."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = {name.split("/", 1)[-1] for name in archive.namelist()}
+    except _READ_ERRORS as err:
+        raise _corrupt(path, "zip archive", err) from err
+    if "archive_format" in records or "serialized_exported_program.json" in records:
+        return "export"
+    if "constants.pkl" in records and any(r.startswith("code/") for r in records):
+        return "torchscript"
+    if "data.pkl" in records:
+        return "zip"
+    raise CheckpointError(
+        f"checkpoint '{path}' is a zip archive but not one torch.save, TorchScript or torch.export writes "
+        "(no data.pkl inside); it may be corrupt, or a different framework's file"
+    )
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        with warnings.catch_warnings():  # the user handed us a TorchScript file; torch's advice to migrate is not theirs
+            warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+            return torch.jit.load(str(path), map_location="cpu")
+    except _READ_ERRORS as err:
+        raise _corrupt(path, "TorchScript", err) from err
+
+
+def _load_export(path: Path) -> nn.Module:
+    """The runnable module of a ``torch.export`` program, moved to CPU."""
+    from torch.export.passes import move_to_device_pass  # imported here: only recent torch versions have it
+
+    try:
+        program = torch.export.load(str(path))
+        return move_to_device_pass(program, "cpu").module()
+    except _READ_ERRORS as err:
+        raise _corrupt(path, "torch.export", err) from err
+
+
+def _load_safetensors(path: Path) -> _Weights:
+    """A safetensors file's tensors, and the step its metadata records, if any."""
+    try:
+        tensors = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except _READ_ERRORS as err:
+        raise _corrupt(path, "safetensors", err) from err
+    steps = {key: int(value) for key, value in metadata.items() if key in _STEP_KEYS and value.strip().isdigit()}
+    return _Weights("safetensors", tensors, step=_step_from_contents(steps))
+
+
+def _torch_load(path: Path, trust: bool) -> Any:
+    """``torch.load`` on CPU, weights-only unless trusted, with its many failure modes turned into one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except ImportError as err:
+        raise CheckpointError(
+            f"checkpoint '{path}' needs Python code that cannot be imported ({_first_line(err)}); install or "
+            "put on PYTHONPATH the package that saved it"
+        ) from err
+    except _READ_ERRORS as err:
+        refused = None if trust else re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if refused:
+            raise CheckpointError(
+                f"refused to load checkpoint '{path}': unpickling it would run code ({refused.group(1)}), which the "
+                f"safe weights-only loader does not allow; {_TRUST_HINT}"
+            ) from err
+        raise _corrupt(path, "PyTorch", err) from err
+
+
+def _unpack(obj: Any, path: Path) -> _Weights:
+    """Find the weights in what ``torch.load`` returned: a toolkit checkpoint, a state dict, or one under wrappers."""
+    if isinstance(obj, Mapping) and obj.get("format") == _TOOLKIT_FORMAT:
+        return _unpack_toolkit(obj, path)
+    step = _step_from_contents(obj) if isinstance(obj, Mapping) else None
+    lightning = isinstance(obj, Mapping) and "pytorch-lightning_version" in obj
+    inner = _unwrap(obj)
+    if isinstance(inner, nn.Module):
+        return _Weights("module", inner.state_dict(), module=inner, step=step)
+    _check_is_state_dict(inner, path)
+    return _Weights("lightning" if lightning else "state_dict", inner, step=step)
+
+
+def _unwrap(obj: Any) -> Any:
+    """Descend through wrapper keys (``state_dict``, ``model``, ...) to the state dict or module inside."""
+    for _ in range(_MAX_WRAPPER_DEPTH):  # bounded: a pickle can hold a dict that contains itself
+        if not isinstance(obj, Mapping):
+            return obj
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), (Mapping, nn.Module))), None)
+        if inner is None:
+            return obj
+        obj = inner
+    return obj
+
+
+def _unpack_toolkit(obj: Mapping, path: Path) -> _Weights:
+    """The weights and model spec of a checkpoint ``save_checkpoint`` wrote, with its fields checked."""
+    version = obj.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= _TOOLKIT_VERSION:
+        raise CheckpointError(
+            f"checkpoint '{path}' has landscape format_version {version!r}, this version reads 1 to "
+            f"{_TOOLKIT_VERSION}; upgrade landscape if a newer one wrote it, else the file is corrupt"
+        )
+    expected = {"state_dict": Mapping, "model_spec": (str, type(None)), "model_kwargs": (Mapping, type(None)),
+                "step": (int, type(None))}
+    for key, types in expected.items():
+        if not isinstance(obj.get(key), types):
+            raise CheckpointError(
+                f"checkpoint '{path}' is a corrupt landscape checkpoint: field {key!r} is a "
+                f"{type(obj.get(key)).__name__}; re-save it"
+            )
+    _check_is_state_dict(obj["state_dict"], path)
+    kwargs = dict(obj.get("model_kwargs") or {})
+    if not all(isinstance(k, str) for k in kwargs):
+        raise CheckpointError(f"checkpoint '{path}' is a corrupt landscape checkpoint: model_kwargs has non-str keys")
+    return _Weights("landscape", obj["state_dict"], None, obj.get("model_spec"), kwargs, _step_from_contents(obj))
+
+
+def _step_from_contents(obj: Mapping) -> int | None:
+    """The first of ``step``, ``global_step``, ``iteration``, ``epoch`` that holds an integer."""
+    for key in _STEP_KEYS:
+        value = obj.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _check_is_state_dict(obj: Any, path: Path) -> None:
+    """Raise unless ``obj`` is a mapping with string keys holding at least one tensor."""
+    wrappers = ", ".join(_WRAPPER_KEYS)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"checkpoint '{path}' holds a {type(obj).__name__}, expected a state dict (parameter name -> tensor), "
+            f"bare or under one of the keys {wrappers}; save model.state_dict()"
+        )
+    if not all(isinstance(k, str) for k in obj):
+        raise CheckpointError(f"checkpoint '{path}' has a state dict with non-string keys; save model.state_dict()")
+    if not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        keys = _listing([repr(k) for k in obj])
+        raise CheckpointError(
+            f"checkpoint '{path}' holds no tensors where the state dict should be (keys: {keys or 'none'}); expected "
+            f"parameter name -> tensor, bare or under one of the keys {wrappers}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- key matching
+
+
+def _load_state_dict(model: nn.Module, state_dict: Mapping[str, Any], path: Path, spec: str) -> None:
+    """Copy the checkpoint's tensors into ``model`` after checking keys, types and shapes ourselves."""
+    expected = model.state_dict()
+    removed, state = _match_keys(state_dict, expected)
+    _check_keys(state, expected, path, spec, removed)
+    _check_values(state, expected, path, spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # anything our checks did not foresee (sparse, meta or quantized tensors, ...)
+        raise CheckpointError(
+            f"checkpoint '{path}' could not be copied into model {spec!r} ({_first_line(err)}); re-save the weights "
+            "as plain tensors with model.state_dict()"
+        ) from err
+
+
+def _match_keys(state_dict: Mapping[str, Any], expected: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The reading of the checkpoint's keys that fits the model: as saved, or with a prefix removed.
+
+    Prefixes come from wrappers (``module.`` from DataParallel/DDP, ``model.`` from Lightning, ``_orig_mod.`` from
+    torch.compile, ...) and are only removed when that makes the keys match. Without an exact match, the reading
+    that shares the most keys with the model, to report what differs. Returns what was removed and the state dict.
+    """
+    wanted = set(expected)
+    readings = list(_key_readings(state_dict, wanted))
+    exact = next((r for r in readings if set(r[1]) == wanted), None)
+    return exact or max(readings, key=lambda r: len(wanted.intersection(r[1])))
+
+
+def _key_readings(state_dict: Mapping[str, Any], wanted: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Candidate readings, most literal first: as saved, then without each prefix that turns some key into a model
+    key (in order of first appearance); then the same with every ``_orig_mod.`` removed."""
+    sources = [("", dict(state_dict))]
+    if any("_orig_mod." in k for k in state_dict):
+        sources.append(("'_orig_mod.'", {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}))
+    for removed, source in sources:
+        yield removed, source
+        for prefix in _prefixes(source, wanted):
+            label = f"{removed} and {prefix!r}" if removed else repr(prefix)
+            yield label, {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
+
+
+def _prefixes(keys: Mapping[str, Any], wanted: set[str]) -> list[str]:
+    """Every ``a.b.`` such that some key is ``a.b.<a model key>``, in order of first appearance."""
+    found: dict[str, None] = {}
+    for key in keys:
+        for match in re.finditer(r"\.", key):
+            if key[match.end():] in wanted:
+                found.setdefault(key[: match.end()], None)
+    return list(found)
+
+
+def _check_keys(state: Mapping[str, Any], expected: Mapping[str, Any], path: Path, spec: str, removed: str) -> None:
+    """Raise naming the missing and unexpected keys, if any."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) {_listing([repr(k) for k in missing])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) {_listing([repr(k) for k in unexpected])}")
+    reading = f" (reading its keys without the prefix {removed})" if removed else ""
+    raise CheckpointError(
+        f"checkpoint '{path}' does not fit model {spec!r}{reading}: {' and '.join(parts)}; check that --model and "
+        "--model-kwargs build the architecture that was trained"
+    )
+
+
+def _check_values(state: Mapping[str, Any], expected: Mapping[str, Any], path: Path, spec: str) -> None:
+    """Raise naming the entries that are not tensors, or whose shape differs from the model's."""
+    not_tensors = [f"{k!r} ({type(state[k]).__name__})" for k, v in expected.items()
+                   if isinstance(v, torch.Tensor) and not isinstance(state[k], torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            f"checkpoint '{path}' has {len(not_tensors)} state dict entries that should be tensors but are not: "
+            f"{_listing(not_tensors)}; the file is malformed, re-save it with model.state_dict()"
+        )
+    mismatched = [f"{k!r}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+                  if isinstance(v, torch.Tensor) and state[k].shape != v.shape]
+    if mismatched:
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit model {spec!r}: {len(mismatched)} shape mismatch(es) "
+            f"{_listing(mismatched)}; check --model-kwargs (e.g. layer sizes)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    path: PathLike,
+    model: nn.Module,
+    *,
+    step: int | None = None,
+    model_spec: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    optimizer_state: dict | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> CheckpointInfo:
+    """Write the toolkit's own checkpoint: a plain dict that a weights-only ``torch.load`` reads without trust.
+
+    It carries ``model_spec`` and ``model_kwargs``, so loading it needs no ``--model``. The file is written to a
+    temporary name in the same folder, synced and renamed, so a crash never leaves a half-written checkpoint.
+    """
+    path = Path(path)
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+        raise OptionError(f"step must be an int or None, got {step!r}; pass the training step as an integer")
+    if model_spec is not None and not isinstance(model_spec, str):
+        raise OptionError(f"model_spec must be a string such as 'mlp' or 'pkg.mod:factory', got {model_spec!r}")
+    payload = {
+        "format": _TOOLKIT_FORMAT,
+        "format_version": _TOOLKIT_VERSION,
+        "step": step,
+        "model_spec": model_spec,
+        "model_kwargs": dict(model_kwargs or {}),
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer_state,
+        "extra": dict(extra or {}),
+    }
+    for key, value in payload.items():
+        _check_saveable(value, key, path)
+    _write_atomically(path, payload)
+    return _info(path, "landscape", step)
+
+
+def _check_saveable(value: Any, where: str, path: Path) -> None:
+    """Raise OptionError naming the first value a weights-only ``torch.load`` would refuse."""
+    if type(value) in _SAVEABLE_CONTAINERS:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            _check_saveable(key, f"{where} (a key)", path)
+            _check_saveable(item, f"{where}[{key!r}]", path)
+    elif not isinstance(value, _SAVEABLE_LEAVES):
+        raise OptionError(
+            f"cannot save {where} in checkpoint '{path}': a {type(value).__name__} would need code to load; store "
+            "only tensors, numbers, strings, lists, tuples and dicts"
+        )
+
+
+def _write_atomically(path: Path, payload: dict) -> None:
+    """``torch.save`` to a temporary file next to ``path``, fsync it, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write checkpoint '{path}' ({err.strerror or err}); check the folder's permissions and free space"
+        ) from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+
+
+def _info(path: Path, fmt: str, step: int | None) -> CheckpointInfo:
+    """Provenance of a checkpoint file; the step falls back to the last integer in the file name."""
+    name = _short_name(path)
+    step = step if step is not None else _step_from_name(name)
+    return CheckpointInfo(str(path.absolute()), name, fmt, path.stat().st_size, file_sha256(path), step)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _corrupt(path: Path, kind: str, err: BaseException) -> CheckpointError:
+    """The error for a file its loader could not parse."""
+    return CheckpointError(
+        f"checkpoint '{path}' could not be read as a {kind} file ({type(err).__name__}: {_first_line(err)}); "
+        "it is truncated or corrupt, re-save or re-download it"
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    """A short one-line reason from an exception, skipping torch's weights-only preamble."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    line = text.strip().splitlines()[0] if text.strip() else "no details"
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _listing(items: Sequence[str]) -> str:
+    """Up to ``_MAX_LISTED`` items, comma separated, with a count of the rest."""
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
