@@ -1,7 +1,19 @@
 """landscape: loss-landscape analysis for PyTorch — Hessian spectra, traces and spectral densities, matrix-free."""
 
+from landscape.analysis import AnalysisSettings, analyze
+from landscape.checkpoints import build_model, find_checkpoints, load_checkpoint, save_checkpoint
 from landscape.curvature import hessian_density, hessian_eigen, hessian_trace
-from landscape.errors import DataError, LandscapeError, LossError, OptionError, ParameterError
+from landscape.data import load_data
+from landscape.errors import (
+    CheckpointError,
+    DataError,
+    LandscapeError,
+    LossError,
+    OptionError,
+    ParameterError,
+    StoreError,
+)
+from landscape.losses import resolve_loss
 from landscape.linalg import (
     DensityResult,
     DiagonalResult,
@@ -16,11 +28,23 @@ from landscape.linalg import (
     spectral_density,
     trace,
 )
-from landscape.operators import DenseOperator, HessianOperator, LinearOperator
+from landscape.operators import DenseOperator, HessianOperator, LinearOperator, ModelLoss
+from landscape.store import read_results
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # the main job: checkpoints, data and a loss in, results in HDF5 out
+    "analyze",
+    "AnalysisSettings",
+    "load_checkpoint",
+    "save_checkpoint",
+    "find_checkpoints",
+    "build_model",
+    "load_data",
+    "resolve_loss",
+    "ModelLoss",
+    "read_results",
     # one-call curvature
     "hessian_eigen",
     "hessian_trace",
@@ -45,8 +69,10 @@ __all__ = [
     "DiagonalResult",
     # errors
     "LandscapeError",
+    "CheckpointError",
     "DataError",
     "LossError",
     "OptionError",
     "ParameterError",
+    "StoreError",
 ]

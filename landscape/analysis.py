@@ -210,8 +210,8 @@ def checkpoint_attrs(checkpoint: Checkpoint, data: LoadedData, loss: Any, settin
         "loss_function": loss_name(loss),
         "command": command,
         "analyzed": store.now(),
-        "device": str(settings.device or next(model.parameters()).device),
         **settings.as_attrs(),
+        "device": str(settings.device or next(model.parameters()).device),
     }
 
 
@@ -264,13 +264,15 @@ def analyze(
         if str(path) not in skip:
             check_pairing(load(path), loss, data)
     summaries = []
-    for path in paths:
+    for index, path in enumerate(paths, 1):
         if str(path) in skip:
             if report:
-                report(f"{path}: already in {out_path}, skipped (--resume)")
+                report(f"[{index}/{len(paths)}] {path}: already in {out_path}, skipped (--resume)")
             continue
         start = time.perf_counter()
         checkpoint = load(path)
+        if report:
+            report(f"[{index}/{len(paths)}] {path}: analysing {checkpoint.info.format}, step {checkpoint.info.step}")
         results, layers, loss_value, accuracy = analyze_checkpoint(checkpoint, loss, data, settings, progress=progress)
         seconds = time.perf_counter() - start
         attrs = checkpoint_attrs(checkpoint, data, loss, settings, command)
@@ -279,5 +281,5 @@ def analyze(
             name = store.write_checkpoint(handle, checkpoint.info.name, results, attrs=attrs, layers=layers)
         summaries.append(CheckpointSummary(name, checkpoint.info.step, loss_value, accuracy, results, seconds))
         if report:
-            report(f"{path}: done in {seconds:.1f} s")
+            report(f"[{index}/{len(paths)}] {path}: done in {seconds:.1f} s")
     return summaries
