@@ -1,4 +1,4 @@
-"""The command line (``python -m landscape``, the ``landscape`` script) and the README's Python example."""
+"""The command line: ``python -m landscape``, the ``landscape`` script, the demo."""
 
 from __future__ import annotations
 
@@ -98,21 +98,3 @@ def test_tiny_demo_prints_table():
     # the eigenvalues in the table are ordered
     values = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(lambda_\w+)\s+(\S+)", out, re.M)}
     assert values["lambda_1"] >= values["lambda_2"] > values["lambda_min"]
-
-
-def _readme_python_block() -> str | None:
-    readme = ROOT / "README.md"
-    if not readme.exists():
-        return None
-    match = re.search(r"^```python[ \t]*\n(.*?)^```", readme.read_text(encoding="utf-8"), re.S | re.M)
-    return match.group(1) if match else None
-
-
-def test_readme_python_example_runs(monkeypatch, tmp_path, capsys):
-    code = _readme_python_block()
-    if code is None:
-        pytest.skip("README.md has no ```python block yet (it is being written separately)")
-    monkeypatch.chdir(tmp_path)  # anything the example writes lands in a temporary folder
-    namespace = {"__name__": "__readme__"}
-    exec(compile(code, str(ROOT / "README.md"), "exec"), namespace)
-    assert capsys.readouterr().out.strip() != ""  # the example prints its results
