@@ -95,7 +95,8 @@ def curvature(
                       return_vectors=settings.save_vectors, progress=progress)
         results["eigen"] = eig
     if "trace" in settings.metrics:
-        results["trace"] = trace(op, settings.trace_matvecs, method=settings.trace_method, seed=settings.seed)
+        results["trace"] = trace(op, settings.trace_matvecs, method=settings.trace_method, seed=settings.seed,
+                                 progress=progress)
     if "density" in settings.metrics:
         results["density"] = spectral_density(op, num_probes=settings.density_probes,
                                               num_steps=settings.density_steps, seed=settings.seed,

@@ -205,3 +205,20 @@ def test_pickle_needing_code_loads_when_trusted(tmp_path, capsys, model):
                         "--data", "digits", "--subset", "50", "--metrics", "trace", "-o", out, "--quiet",
                         "--trust-checkpoint"], capsys)
     assert code == 0, err
+
+
+def test_scripted_model_with_a_model_loss_over_batches_matches_the_dense_hessian(tmp_path, capsys, model,
+                                                                                   digits_data):
+    """TorchScript (parameters swapped in), a `package.module:function` loss, and data streamed in 3 batches."""
+    X, y = digits_data
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "scripted.ts"))
+    truth = torch.linalg.eigvalsh(dense_hessian(copy.deepcopy(model).double(), X.double(), y)).flip(0)[:2].numpy()
+    out = tmp_path / "r.h5"
+    code, _, err = run(analyze_args(tmp_path / "scripted.ts", out, "--loss",
+                                    "datasets_for_tests:cross_entropy_model_loss", "--batch-size", "500",
+                                    "--metrics", "eigs", "--top-k", "2", "--tol", "1e-10"), capsys)
+    assert code == 0, err
+    record = store.read_results(out)["scripted"]
+    np.testing.assert_allclose(record.results["eigen"].values, truth, rtol=1e-8)
+    assert record.attrs["loss_function"] == "datasets_for_tests:cross_entropy_model_loss"
+    assert record.attrs["data_description"].endswith("batch 500")

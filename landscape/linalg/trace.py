@@ -133,6 +133,7 @@ def trace(
     method: str = "krylov",
     seed: Seed = 0,
     block_size: Optional[int] = None,
+    progress: Optional[bool] = None,
 ) -> TraceResult:
     """Estimate tr(A) with ``num_matvecs`` products by ``method`` ("krylov", "hutch++" or "hutchinson").
 
@@ -144,7 +145,7 @@ def trace(
     if num_matvecs >= op.shape[0]:
         return exact_trace(op, block_size=block_size)
     if method == "krylov":
-        return krylov_hutchinson(op, num_matvecs, seed=seed, block_size=block_size)
+        return krylov_hutchinson(op, num_matvecs, seed=seed, block_size=block_size, progress=progress)
     if method == "hutch++":
         return hutchpp(op, num_matvecs, seed=seed, block_size=block_size)
     return hutchinson(op, num_matvecs, seed=seed, block_size=block_size)
