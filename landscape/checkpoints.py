@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import importlib
 import json
 import os
 import pickle
@@ -32,6 +31,7 @@ from torch import nn
 
 from landscape.errors import CheckpointError, OptionError
 from landscape.models import BUILTIN_MODELS
+from landscape.specs import import_callable
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -133,20 +133,7 @@ def _import_factory(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise OptionError(f"unknown --model {spec!r}: {_MODEL_HINT}")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as err:  # importing user code can raise anything; report it against the spec
-        raise OptionError(
-            f"--model {spec!r}: cannot import {module_name!r} ({type(err).__name__}: {_first_line(err)}); "
-            "check the module name and that its package is installed or on PYTHONPATH"
-        ) from err
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise OptionError(f"--model {spec!r}: {module_name!r} has no attribute {attr!r}; check the factory name")
-        target = getattr(target, part)
-    if not callable(target):
-        raise OptionError(f"--model {spec!r}: {attr!r} is a {type(target).__name__}, expected a function or class")
-    return target
+    return import_callable(spec, OptionError, "--model")
 
 
 def parse_model_kwargs(text: str | None) -> dict:
@@ -331,7 +318,8 @@ def _zip_kind(path: Path) -> str:
 
 def _load_torchscript(path: Path) -> nn.Module:
     try:
-        with warnings.catch_warnings():  # the user handed us a TorchScript file; torch's advice to migrate is not theirs
+        # the user handed us a TorchScript file; torch's advice to migrate away from it is not for them
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
             return torch.jit.load(str(path), map_location="cpu")
     except _READ_ERRORS as err:

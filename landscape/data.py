@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import importlib
 import pickle
 import re
 import zipfile
@@ -26,8 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
 
-from landscape.errors import DataError, LandscapeError, OptionError
+from landscape.errors import DataError, OptionError
 from landscape.operators.batches import checked_batches, is_single_batch
+from landscape.specs import import_callable
 
 SPLITS = ("train", "test", "all")
 FILE_SUFFIXES = (".npz", ".pt", ".pth", ".h5", ".hdf5")
@@ -156,23 +156,6 @@ def load_data(
     )
 
 
-def import_callable(spec: str, error: type[LandscapeError], role: str) -> Callable:
-    """The callable named ``package.module:attribute``; failures raise ``error`` naming the spec and ``role``."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise error(f"cannot import module {module_name!r} of {role} {spec!r} ({err}); "
-                    "check the name and that it is on PYTHONPATH") from err
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            raise error(f"module {module_name!r} has no attribute {attribute!r} named by {role} {spec!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise error(f"{role} {spec!r} is not callable: it names an object of type {type(obj).__name__}")
-    return obj
-
-
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise OptionError(f"split must be one of {SPLITS}, got {split!r}")
@@ -235,9 +218,11 @@ def _targets(y: torch.Tensor) -> torch.Tensor:
 def _check_arrays(X: torch.Tensor, y: torch.Tensor, source: str) -> None:
     """Refuse scalars, mismatched lengths, empty data and non-finite values."""
     if X.ndim == 0 or y.ndim == 0:
-        raise DataError(f"X and y in {source} need a sample dimension; got shapes {tuple(X.shape)} and {tuple(y.shape)}")
+        raise DataError(f"X and y in {source} need a sample dimension; got shapes {tuple(X.shape)} and "
+                        f"{tuple(y.shape)}")
     if len(X) != len(y):
-        raise DataError(f"X and y in {source} differ in length: {len(X)} inputs but {len(y)} targets; store one per sample")
+        raise DataError(f"X and y in {source} differ in length: {len(X)} inputs but {len(y)} targets; "
+                        "store one per sample")
     if len(X) == 0:
         raise DataError(f"the data set {source} is empty: X and y hold 0 samples")
     for key, tensor in (("X", X), ("y", y)):
@@ -359,8 +344,8 @@ def _from_callable(
     if is_single_batch(obj):
         return _from_tensors(spec, obj[0], obj[1], [], batch_size, subset, seed)
     if isinstance(obj, IterableDataset) or not (hasattr(obj, "__len__") and hasattr(obj, "__getitem__")):
-        raise DataError(f"data spec {spec!r} returned an object of type {type(obj).__name__}; expected (X, y) tensors, a map-style "
-                        "Dataset of (x, y) items or a DataLoader")
+        raise DataError(f"data spec {spec!r} returned an object of type {type(obj).__name__}; expected (X, y) "
+                        "tensors, a map-style Dataset of (x, y) items or a DataLoader")
     return _from_dataset(spec, obj, batch_size, subset, seed)
 
 

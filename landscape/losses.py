@@ -13,9 +13,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from landscape.data import import_callable
 from landscape.errors import DataError, OptionError
 from landscape.operators.functional import ModelLoss
+from landscape.specs import import_callable
 
 
 def squared_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
