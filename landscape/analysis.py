@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -20,7 +21,7 @@ from landscape.linalg import lanczos, spectral_density, trace
 from landscape.linalg.trace import METHODS as TRACE_METHODS
 from landscape.losses import check_targets, loss_name
 from landscape.operators.batches import checked_batches, move_batch
-from landscape.operators.functional import ModelLoss, evaluate_loss
+from landscape.operators.functional import ModelLoss, call_with, evaluate_loss
 from landscape.operators.hessian import HessianOperator
 from landscape.store import Result
 
@@ -122,24 +123,36 @@ def first_batch(data: Any) -> Any:
     raise AssertionError("checked_batches yields or raises")
 
 
+def _no_grad_unless(loss: Any) -> contextlib.AbstractContextManager:
+    """No autograd for plain losses; a model loss may differentiate the model itself (a physics residual)."""
+    return contextlib.nullcontext() if isinstance(loss, ModelLoss) else torch.no_grad()
+
+
+def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> Optional[int]:
+    """The number of correct predictions, or None when the outputs are not class scores for integer labels."""
+    if outputs.ndim != 2 or targets.ndim != 1 or targets.is_floating_point():
+        return None
+    return int((outputs.argmax(1) == targets).sum())
+
+
 def fit(model: nn.Module, loss: Any, data: Any, *, dtype: torch.dtype,
         device: Optional[str] = None) -> tuple[float, Optional[float]]:
     """Mean loss over the data, and accuracy when outputs are class scores and targets integer labels."""
-    total_loss, correct, count, classify = 0.0, 0, 0, not isinstance(loss, ModelLoss)
+    total_loss, correct, count = 0.0, 0, 0
     device = torch.device(device) if device is not None else next(model.parameters()).device
     state = move_batch({k: v.detach() for k, v in [*model.named_parameters(), *model.named_buffers()]}, device, dtype)
-    with torch.no_grad():
+    with _no_grad_unless(loss):
         for batch, size in checked_batches(data):
             batch = move_batch(batch, device, dtype)
-            total_loss += float(evaluate_loss(model, loss, state, batch)) * size
+            if isinstance(loss, ModelLoss):
+                value, right = evaluate_loss(model, loss, state, batch), None
+            else:
+                outputs = call_with(model, state, batch[0])
+                value, right = loss(outputs, batch[1]), _correct(outputs, batch[1])
+            total_loss += float(value) * size
+            correct = None if right is None or correct is None else correct + right
             count += size
-            if classify:
-                targets = batch[1]
-                classify = targets.dtype == torch.int64 and targets.ndim == 1
-                if classify:
-                    outputs = evaluate_loss(model, lambda out, _: out, state, batch)
-                    correct += int((outputs.argmax(1) == targets).sum())
-    return total_loss / count, (correct / count if classify else None)
+    return total_loss / count, (None if correct is None else correct / count)
 
 
 def check_pairing(checkpoint: Checkpoint, loss: Any, data: LoadedData) -> None:
@@ -152,10 +165,9 @@ def check_pairing(checkpoint: Checkpoint, loss: Any, data: LoadedData) -> None:
     batch = move_batch(first_batch(data.batches), param.device, param.dtype)
     state = dict(model.named_parameters()) | dict(model.named_buffers())
     try:
-        with torch.no_grad():
+        with _no_grad_unless(loss):
             if not isinstance(loss, ModelLoss):
-                outputs = evaluate_loss(model, lambda out, _: out, state, batch)
-                check_targets(loss, outputs, batch[1])
+                check_targets(loss, call_with(model, state, batch[0]), batch[1])
             value = evaluate_loss(model, loss, state, batch)
     except LandscapeError as err:
         raise type(err)(f"{where} on {data.spec}: {err}") from None

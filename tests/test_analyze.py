@@ -83,8 +83,12 @@ def test_every_format_gives_the_same_eigenvalues_as_the_dense_hessian(tmp_path, 
         assert code == 0, (path, err)
     records = store.read_results(out)
     assert len(records) == len(files)
+    with torch.no_grad():
+        logits = copy.deepcopy(model).double()(X.double())
+    loss, accuracy = float(torch.nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).double().mean())
     for record in records.values():
         np.testing.assert_allclose(record.results["eigen"].values, truth, rtol=1e-8, err_msg=record.name)
+        assert record.attrs["loss"] == pytest.approx(loss, rel=1e-12) and record.attrs["accuracy"] == accuracy
         assert record.attrs["sha256"] and record.attrs["num_params"] == sum(p.numel() for p in model.parameters())
 
 
