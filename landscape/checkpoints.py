@@ -218,10 +218,18 @@ def _short_name(path: Path) -> str:
     return name
 
 
+_NAMED_STEP = re.compile(r"(?<![A-Za-z])(?:global_step|steps?|iteration|iter|it|epoch|ep|ckpt|checkpoint)[_=-]?(\d+)", re.I)
+_TRAILING_STEP = re.compile(r"(?:^|[_=.-])(\d+)$")
+
+
 def _step_from_name(name: str) -> int | None:
-    """The last integer in a short name: ``ckpt_step=1200`` -> 1200, ``model-000300`` -> 300, ``epoch5`` -> 5."""
-    numbers = re.findall(r"\d+", name)
-    return int(numbers[-1]) if numbers else None
+    """A step in a short name: after a word such as step or epoch (``ckpt_step=1200``, ``epoch5``), or a number
+    set apart at the end (``model-000300``, ``100``); not the digits of a model name such as ``resnet18``."""
+    named = _NAMED_STEP.findall(name)
+    if named:
+        return int(named[-1])
+    trailing = _TRAILING_STEP.search(name)
+    return int(trailing.group(1)) if trailing else None
 
 
 # --------------------------------------------------------------------------------------------------------- loading

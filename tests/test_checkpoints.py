@@ -159,6 +159,11 @@ def test_info_records_path_size_hash_and_name(model, tmp_path):
         ("step_100.pth.tar", "step_100", 100),
         ("lr0.1_step=40.bin", "lr0.1_step=40", 40),
         ("final.pt", "final", None),
+        ("resnet18.pt", "resnet18", None),
+        ("w1.pt", "w1", None),
+        ("ckpt_step100.pt", "ckpt_step100", 100),
+        ("run3_it250.pt", "run3_it250", 250),
+        ("1500.pt", "1500", 1500),
     ],
 )
 def test_step_and_name_from_the_file_name(file_name, name, step, model, tmp_path):
