@@ -218,7 +218,9 @@ def _short_name(path: Path) -> str:
     return name
 
 
-_NAMED_STEP = re.compile(r"(?<![A-Za-z])(?:global_step|steps?|iteration|iter|it|epoch|ep|ckpt|checkpoint)[_=-]?(\d+)", re.I)
+_NAMED_STEP = re.compile(
+    r"(?<![A-Za-z])(?:global_step|steps?|iteration|iter|it|epoch|ep|ckpt|checkpoint)[_=-]?(\d+)", re.I
+)
 _TRAILING_STEP = re.compile(r"(?:^|[_=.-])(\d+)$")
 
 
