@@ -149,7 +149,7 @@ def fit(model: nn.Module, loss: Any, data: Any, *, dtype: torch.dtype,
             else:
                 outputs = call_with(model, state, batch[0])
                 value, right = loss(outputs, batch[1]), _correct(outputs, batch[1])
-            total_loss += float(value) * size
+            total_loss += float(value.detach()) * size
             correct = None if right is None or correct is None else correct + right
             count += size
     return total_loss / count, (None if correct is None else correct / count)
@@ -176,8 +176,8 @@ def check_pairing(checkpoint: Checkpoint, loss: Any, data: LoadedData) -> None:
         raise LandscapeError(f"{where}: the model fails on a batch of {data.spec}: {first}") from None
     if not isinstance(value, torch.Tensor) or value.ndim != 0:
         raise LossError(f"the loss {loss_name(loss)} must return a scalar (the batch mean)")
-    if not math.isfinite(float(value)):
-        raise LossError(f"{where}: the loss is {float(value)} on the first batch of {data.spec}; "
+    if not math.isfinite(float(value.detach())):
+        raise LossError(f"{where}: the loss is {float(value.detach())} on the first batch of {data.spec}; "
                         "the checkpoint or the data holds NaN/inf or the model diverged")
 
 
