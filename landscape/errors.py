@@ -17,7 +17,7 @@ class ParameterError(LandscapeError):
     """The parameter selection is empty or names parameters that cannot be differentiated."""
 
 
-class OptionError(LandscapeError):
+class OptionError(LandscapeError, ValueError):
     """An argument has a value outside what the function accepts."""
 
 
