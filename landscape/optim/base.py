@@ -46,8 +46,9 @@ class FlatnessOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         if seed is not None and generator is not None:
             raise OptionError("give either seed or generator, not both")
-        if seed is None:  # one draw from the given generator, or from torch's global one (torch.manual_seed)
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        if seed is None:  # follow torch.manual_seed without consuming a draw from the global random stream
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item()) if generator is not None \
+                else torch.initial_seed()
         self.seed = int(seed)
         self._generators: dict[str, torch.Generator] = {}
         self.num_grad_evals = 0
@@ -104,6 +105,16 @@ class WrappingOptimizer(FlatnessOptimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Groups added after construction go to the base optimizer too, with this optimizer's defaults."""
+        base = getattr(self, "base_optimizer", None)
+        if base is None:  # during construction, before the base optimizer exists
+            super().add_param_group(param_group)
+            return
+        for key, value in self.defaults.items():
+            param_group.setdefault(key, value)
+        base.add_param_group(param_group)
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["base_optimizer"] = self.base_optimizer.state_dict()
@@ -112,7 +123,7 @@ class WrappingOptimizer(FlatnessOptimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         if "base_optimizer" not in state_dict:
-            raise OptionError(f"this state dict has no 'base_optimizer' entry: it was not saved by {type(self).__name__}")
+            raise OptionError(f"this state dict has no 'base_optimizer' entry: {type(self).__name__} did not save it")
         base = state_dict.pop("base_optimizer")
         super().load_state_dict(state_dict)
         self.base_optimizer.load_state_dict(base)
