@@ -7,7 +7,7 @@ training-loss Hessian. A second part asks whether SOFIM reaches a target trainin
 evaluations than momentum SGD, each at its best learning rate from a small grid.
 
 Everything goes to one HDF5 file (one group per optimizer and seed, see the README's schema) and a markdown table is
-printed. Example (about 2 minutes on 2 CPU cores):
+printed. Example (about 3 minutes on 2 CPU cores):
 
     python scripts/compare_optimizers.py --seeds 0 1 2 --evals 3000 -o compare_optimizers.h5
 """
@@ -45,8 +45,9 @@ LR_SCALE = {"sofim": 10.0}
 
 
 def train(name: str, options: dict[str, Any], *, lr: float, seed: int, evals: int, batch_size: int,
-          target_loss: Optional[float] = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train from the seed's initialisation on the seed's batch order until ``evals`` gradients are spent."""
+          target_loss: Optional[float] = None, stop_at_target: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train from the seed's initialisation on the seed's batch order until ``evals`` gradients are spent (or, with
+    ``stop_at_target``, until the full training loss reaches ``target_loss``)."""
     X, y = digits("train")
     torch.manual_seed(seed)
     model = mlp(SIZES)
@@ -62,6 +63,8 @@ def train(name: str, options: dict[str, Any], *, lr: float, seed: int, evals: in
             with torch.no_grad():
                 if F.cross_entropy(model(X), y).item() <= target_loss:
                     reached = spent
+                    if stop_at_target:
+                        break
         if steps % 50 == 0:
             with torch.no_grad():
                 curve.append((spent, F.cross_entropy(model(X), y).item()))
@@ -117,6 +120,30 @@ def compare(args: argparse.Namespace, output: str) -> list[list[str]]:
     return rows
 
 
+def matched(args: argparse.Namespace, output: str) -> list[list[str]]:
+    """Flatness at equal training loss: cross-entropy curvature shrinks as the loss falls, so optimizers compared at
+    equal cost but different losses partly compare how far each got. Each run stops at ``--match-loss``."""
+    rows = []
+    for name, options in RECIPES.items():
+        per_seed = []
+        for seed in args.seeds:
+            lr = args.lr * LR_SCALE.get(name, 1.0)
+            model, run = train(name, options, lr=lr, seed=seed, evals=4 * args.evals, batch_size=args.batch_size,
+                               target_loss=args.match_loss, stop_at_target=True)
+            fit, results = evaluate(model, seed)
+            per_seed.append((run["evals_to_target"], fit, results))
+            with store.update_results(output) as handle:
+                store.write_checkpoint(handle, f"{name}_seed{seed}_at_loss", results,
+                                       attrs={"optimizer": name, "seed": seed, "stopped_at_loss": args.match_loss,
+                                              "grad_evals": run["grad_evals"], **fit})
+        reached = [e for e, _, _ in per_seed if e is not None]
+        rows.append([name, spread([float(e) for e in reached], 3) if reached else f"> {4 * args.evals}",
+                     spread([f["test_accuracy"] for _, f, _ in per_seed]),
+                     spread([r["eigen"].values[0] for _, _, r in per_seed]),
+                     spread([r["trace"].estimate for _, _, r in per_seed])])
+    return rows
+
+
 def speed(args: argparse.Namespace, output: str) -> list[list[str]]:
     """Gradient evaluations to the target training loss, at each optimizer's best learning rate of a grid."""
     rows = []
@@ -142,6 +169,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--evals", type=int, default=3000, help="gradient evaluations per run (default: 3000)")
     parser.add_argument("--batch-size", type=int, default=128, help="mini-batch size (default: 128)")
     parser.add_argument("--lr", type=float, default=0.05, help="learning rate of the SGD family (default: 0.05)")
+    parser.add_argument("--match-loss", type=float, default=0.03, help="training loss at which the second "
+                        "comparison measures flatness (default: 0.03)")
     parser.add_argument("--target-loss", type=float, default=0.05, help="training loss for the speed comparison")
     parser.add_argument("--momentum-lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
     parser.add_argument("--sofim-lrs", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0])
@@ -150,10 +179,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     store.check_writable(args.output)
     rows = compare(args, args.output)
+    matched_rows = matched(args, args.output)
     speed_rows = speed(args, args.output)
     print(f"Digits MLP {'-'.join(map(str, SIZES))}, {args.evals} gradient evaluations of batch {args.batch_size}, "
           f"seeds {' '.join(map(str, args.seeds))} (mean ± std):\n")
     print(format_table(["optimizer", "train loss", "test accuracy", "lambda_max", "trace", "trace/n"], rows,
+                       markdown=True))
+    print(f"\nAt equal training loss: each run stopped once its full training loss reached {args.match_loss}:\n")
+    print(format_table(["optimizer", "gradient evals used", "test accuracy", "lambda_max", "trace"], matched_rows,
                        markdown=True))
     print(f"\nGradient evaluations to train loss {args.target_loss} (best learning rate of the grid, per seed):\n")
     print(format_table(["optimizer", "best lr", "evals per seed"], speed_rows, markdown=True))
