@@ -7,7 +7,7 @@ training-loss Hessian. A second part asks whether SOFIM reaches a target trainin
 evaluations than momentum SGD, each at its best learning rate from a small grid.
 
 Everything goes to one HDF5 file (one group per optimizer and seed, see the README's schema) and a markdown table is
-printed. Example (about 3 minutes on 2 CPU cores):
+printed. Example (about 4 minutes on 2 CPU cores):
 
     python scripts/compare_optimizers.py --seeds 0 1 2 --evals 3000 -o compare_optimizers.h5
 """
