@@ -123,3 +123,13 @@ def mlp_hessian(mlp, data) -> torch.Tensor:
 def make_spectrum():
     """The ``spectrum_matrix`` helper as a fixture."""
     return spectrum_matrix
+
+
+def mlp_closure(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """An optimizer closure: clear the gradients, mean cross-entropy on (X, y), backward, return the loss."""
+    def closure() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        loss = mean_ce(model(X), y)
+        loss.backward()
+        return loss
+    return closure

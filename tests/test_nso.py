@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from conftest import make_data, make_mlp, mean_ce, random_symmetric
+from conftest import make_data, make_mlp, mean_ce, mlp_closure, random_symmetric
 from landscape.data import digits
 from landscape.errors import OptionError
 from landscape.models import mlp
@@ -174,15 +174,6 @@ def test_two_point_variance_is_far_below_one_point_on_the_digits_mlp(sigma):
             opt.step(closure)
         variances[two_point] = total_variance(torch.stack(opt.base_optimizer.grads))
     assert variances[True] < variances[False] / 10
-
-
-def mlp_closure(model, X, y):
-    def closure():
-        model.zero_grad(set_to_none=True)
-        loss = mean_ce(model(X), y)
-        loss.backward()
-        return loss
-    return closure
 
 
 def run(seed: int, steps: int, **kwargs) -> torch.Tensor:

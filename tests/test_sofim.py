@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from conftest import make_data, make_mlp, mean_ce
+from conftest import make_data, make_mlp, mean_ce, mlp_closure
 from landscape.data import digits
 from landscape.errors import OptionError
 from landscape.models import mlp
@@ -108,15 +108,6 @@ def test_step_is_linear_in_memory_for_a_million_parameters():
     opt.step()
     assert set(opt.state[p]) == {"step", "momentum"} and opt.state[p]["momentum"].shape == p.shape
     torch.testing.assert_close(p.detach(), torch.full_like(p, -1e-3 / 4), rtol=1e-5, atol=0)
-
-
-def mlp_closure(model, X, y):
-    def closure():
-        model.zero_grad(set_to_none=True)
-        loss = mean_ce(model(X), y)
-        loss.backward()
-        return loss
-    return closure
 
 
 def test_state_dict_round_trip_resumes_to_the_identical_next_step():
