@@ -280,7 +280,8 @@ def test_batch_size_must_be_positive():
 
 
 def test_unknown_spec_lists_the_forms():
-    with pytest.raises(DataError, match=r"unknown data spec 'mnist'.*digits, chebyshev, teacher.*\.npz.*module:function"):
+    expected = r"unknown data spec 'mnist'.*digits, chebyshev, teacher.*\.npz.*module:function"
+    with pytest.raises(DataError, match=expected):
         load_data("mnist")
 
 

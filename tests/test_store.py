@@ -75,7 +75,8 @@ def test_root_attributes_carry_versions(tmp_path, results):
 
 def test_per_layer_results_round_trip(tmp_path, results):
     path = tmp_path / "r.h5"
-    layers = {"0": (["0.weight", "0.bias"], {"trace": results["trace"]}), "2": (["2.weight"], {"eigen": results["eigen"]})}
+    layers = {"0": (["0.weight", "0.bias"], {"trace": results["trace"]}),
+              "2": (["2.weight"], {"eigen": results["eigen"]})}
     with store.update_results(path) as handle:
         store.write_checkpoint(handle, "a", {"trace": results["trace"]}, attrs={"path": "x"}, layers=layers)
     record = store.read_results(path)["a"]
