@@ -426,6 +426,18 @@ def _unpack_toolkit(obj: Mapping, path: Path) -> _Weights:
     return _Weights("landscape", obj["state_dict"], None, obj.get("model_spec"), kwargs, _step_from_contents(obj))
 
 
+def load_training_state(path: PathLike) -> dict[str, Any]:
+    """Everything a toolkit checkpoint holds (weights, step, optimizer state, ``extra``), to resume training from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    obj = _torch_load(path, trust=False)
+    if not isinstance(obj, Mapping) or obj.get("format") != _TOOLKIT_FORMAT:
+        raise CheckpointError(f"checkpoint '{path}' was not written by landscape train: it cannot resume a run")
+    _unpack_toolkit(obj, path)
+    return dict(obj)
+
+
 def _step_from_contents(obj: Mapping) -> int | None:
     """The first of ``step``, ``global_step``, ``iteration``, ``epoch`` that holds an integer."""
     for key in _STEP_KEYS:

@@ -7,14 +7,12 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
-import torch
-
-from landscape import __version__
+from landscape import __version__, cli_train
 from landscape.analysis import METRICS
 from landscape.errors import LandscapeError
 from landscape.linalg.trace import METHODS as TRACE_METHODS
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = cli_train.DTYPES
 
 
 ANALYZE_EXAMPLE = """\
@@ -82,11 +80,13 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="landscape",
-        description="Loss-landscape analysis for PyTorch: Hessian eigenvalues, trace and spectral density.",
+        description="Loss-landscape analysis for PyTorch: Hessian eigenvalues, trace and spectral density of "
+        "checkpoints, and training with flatness-seeking optimizers and curvature tracking.",
     )
     parser.add_argument("--version", action="version", version=f"landscape {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_analyze_parser(sub)
+    cli_train.add_parser(sub)
     info = sub.add_parser("info", help="print what a results file holds",
                           description="Print a results file's versions, and each checkpoint's provenance and results.")
     info.add_argument("file", metavar="FILE", help="an HDF5 file written by landscape")
@@ -179,6 +179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "analyze":
             return run_analyze_command(args, argv)
+        if args.command == "train":
+            return cli_train.run(args, argv)
         if args.command == "info":
             return run_info_command(args)
         return run_demo_command(args)

@@ -276,3 +276,86 @@ def root_attributes(path: PathLike) -> dict[str, Any]:
     """The file-level attributes (format, versions, created, modified)."""
     with open_results(path) as handle:
         return get_attrs(handle)
+
+
+# -- training runs: append-only records ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRecord:
+    """A training run file: the run's attributes, and each table (``run``, ``run/curvature``) as column arrays."""
+
+    attrs: dict[str, Any]
+    tables: dict[str, dict[str, np.ndarray]]
+
+
+class RunWriter:
+    """A run's records as growing datasets (``maxshape=(None, ...)``), flushed at every append, so a run killed at any
+    moment keeps everything it recorded. A new file is created complete (root and run attributes) by a rename."""
+
+    def __init__(self, path: PathLike, attrs: Mapping[str, Any], *, resume: bool = False) -> None:
+        self.path = Path(path)
+        if resume:
+            with open_results(self.path) as handle:
+                if "run" not in handle:
+                    raise StoreError(f"{self.path} holds no training run to resume")
+        else:
+            if self.path.exists():
+                raise StoreError(f"{self.path} already exists; pass --resume to continue that run, or choose another "
+                                 "output file")
+            with update_results(self.path) as handle:
+                set_attrs(handle.require_group("run"), attrs)
+        self.handle = h5py.File(self.path, "a")
+
+    def append(self, table: str, row: Mapping[str, Any]) -> None:
+        """Add one row (a value, or an array of fixed shape, per column) to ``table`` and flush it to disk."""
+        group = self.handle.require_group(table)
+        for key, value in row.items():
+            array = np.asarray(value)
+            if array.dtype.kind not in "biuf":
+                raise StoreError(f"column {key!r} of {table} must be numeric, got {array.dtype}")
+            if key not in group:
+                group.create_dataset(key, shape=(0, *array.shape), maxshape=(None, *array.shape),
+                                     chunks=(256, *array.shape), dtype=array.dtype if array.dtype.kind != "b" else "u1")
+            dataset = group[key]
+            dataset.resize(dataset.shape[0] + 1, axis=0)
+            dataset[-1] = array
+        self.handle.flush()
+
+    def truncate(self, table: str, last_step: int) -> None:
+        """Drop the rows of ``table`` recorded after ``last_step`` (they are recomputed when a run resumes)."""
+        if table not in self.handle:
+            return
+        group = self.handle[table]
+        keep = int(np.searchsorted(group["step"][()], last_step, side="right")) if "step" in group else 0
+        for dataset in group.values():
+            if isinstance(dataset, h5py.Dataset):
+                dataset.resize(keep, axis=0)
+        self.handle.flush()
+
+    def set_attrs(self, table: str, attrs: Mapping[str, Any]) -> None:
+        set_attrs(self.handle.require_group(table), attrs)
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_run(path: PathLike) -> RunRecord:
+    """A run file's attributes and tables (columns as arrays)."""
+    with open_results(path) as handle:
+        if "run" not in handle:
+            raise StoreError(f"{path} holds no training run (no /run group)")
+        tables: dict[str, dict[str, np.ndarray]] = {}
+
+        def collect(name: str, node: Any) -> None:
+            if isinstance(node, h5py.Dataset):
+                table, _, column = f"run/{name}".rpartition("/")
+                tables.setdefault(table, {})[column] = node[()]
+
+        handle["run"].visititems(collect)
+        return RunRecord(get_attrs(handle["run"]), tables)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import scipy.sparse.linalg
@@ -257,3 +259,13 @@ def test_to_scipy_eigsh_matches_dense(mlp, data, mlp_hessian):
     # numpy block in, numpy block out
     V = np.random.default_rng(0).standard_normal((op.shape[0], 2))
     np.testing.assert_allclose(A @ V, mlp_hessian.numpy() @ V, rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_is_the_mean_gradient_over_streamed_batches():
+    model = make_mlp()
+    X, y = make_data(n=50)
+    batches = [(X[:20], y[:20]), (X[20:45], y[20:45]), (X[45:], y[45:])]
+    op = HessianOperator(model, mean_ce, batches, dtype=torch.float64)
+    model64 = copy.deepcopy(model).double()
+    expected = torch.cat([g.flatten() for g in torch.autograd.grad(mean_ce(model64(X), y), model64.parameters())])
+    torch.testing.assert_close(op.gradient(), expected, rtol=1e-12, atol=1e-14)

@@ -9,12 +9,16 @@ from torch.nn import functional as F
 
 from conftest import dense_hessian, make_data
 from landscape import HessianOperator, LossError, OptionError
+from landscape.losses import squared_loss
+from landscape.operators import layerwise
 
 LOSSES = {
     "F.cross_entropy": (F.cross_entropy, "labels"),
     "nn.CrossEntropyLoss": (nn.CrossEntropyLoss(), "labels"),
     "F.mse_loss": (F.mse_loss, "values"),
     "nn.MSELoss": (nn.MSELoss(), "values"),
+    "squared_loss labels": (squared_loss, "labels"),
+    "squared_loss values": (squared_loss, "values"),
 }
 ACTIVATIONS = [nn.Tanh, nn.Sigmoid, nn.ReLU, lambda: nn.LeakyReLU(0.1)]
 
@@ -118,7 +122,7 @@ def cnn(activation, seed: int = 0) -> nn.Sequential:
     ).double()
 
 
-@pytest.mark.parametrize("loss_name", ["F.cross_entropy", "F.mse_loss"])
+@pytest.mark.parametrize("loss_name", ["F.cross_entropy", "F.mse_loss", "squared_loss labels"])
 @pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh])
 def test_convolutional_net_matches_dense_hessian(activation, loss_name):
     loss, kind = LOSSES[loss_name]
@@ -141,3 +145,69 @@ def test_average_pooling_falls_back_to_autograd():
     X = torch.randn(10, 1, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 3, (10,))
     assert HessianOperator(model, F.cross_entropy, (X, y)).product == "reverse"
+
+
+# ------------------------------------------------------------------------------ squared loss (layerwise_kind protocol)
+
+
+def test_squared_loss_is_recognised_by_its_declared_kind():
+    assert squared_loss.layerwise_kind == "squared"
+    assert layerwise.loss_kind(squared_loss) == "squared"
+    model = net(nn.Tanh)
+    X, y = make_data()
+    assert HessianOperator(model, squared_loss, (X, y)).product == "layerwise"
+    assert HessianOperator(model, lambda out, t: squared_loss(out, t), (X, y)).product == "reverse"
+
+
+def test_declared_kind_is_ignored_unless_known_and_not_copied_by_a_wrapper():
+    import functools
+
+    def unknown(out, t):
+        return squared_loss(out, t)
+
+    unknown.layerwise_kind = "hinge"
+    assert layerwise.loss_kind(unknown) is None
+
+    @functools.wraps(squared_loss)  # copies layerwise_kind, but computes twice the loss
+    def doubled(out, t):
+        return 2 * squared_loss(out, t)
+
+    assert doubled.layerwise_kind == "squared" and layerwise.loss_kind(doubled) is None
+    X, y = make_data()
+    assert HessianOperator(net(nn.Tanh), doubled, (X, y)).product == "reverse"
+
+
+@pytest.mark.parametrize("kind", ["labels", "values"])
+def test_squared_loss_on_streamed_batches_equals_the_reverse_path(kind):
+    model = net(nn.Sigmoid)
+    X, y = targets(kind, n=53)
+    batches = [(X[:20], y[:20]), (X[20:41], y[20:41]), (X[41:], y[41:])]
+    fast = HessianOperator(model, squared_loss, batches)
+    slow = HessianOperator(model, squared_loss, batches, product="reverse")
+    V = torch.randn(3, fast.shape[0], generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    assert relative(fast.matmat(V), slow.matmat(V)) < 1e-10
+    assert fast.product == "layerwise"
+
+
+def test_squared_loss_with_broadcasting_targets():
+    model = net(nn.Tanh)
+    X, _ = make_data()
+    row = torch.randn(1, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)  # same target for all
+    op = HessianOperator(model, squared_loss, (X, row))
+    v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    assert relative(op.matvec(v), dense_hessian(model.eval(), X, row, loss=squared_loss) @ v) < 1e-10
+    assert op.product == "layerwise"
+    # (40, 3) outputs against (3, 40) targets: same size, but the loss does not treat them as one target per
+    # output, so "auto" falls back to autograd and "layerwise" refuses
+    wrong = torch.randn(3, 40, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    auto = HessianOperator(model, squared_loss, (X, wrong))
+    with pytest.raises(RuntimeError):  # the loss itself cannot broadcast them
+        auto.matvec(v)
+    assert auto.product == "reverse"
+    strict = HessianOperator(model, squared_loss, (X, wrong), product="layerwise")
+    with pytest.raises(OptionError, match="cannot handle this data: the squared loss needs float targets"):
+        strict.matvec(v)
+    labels_2d = torch.zeros(40, 1, dtype=torch.long)
+    strict = HessianOperator(model, squared_loss, (X, labels_2d), product="layerwise")
+    with pytest.raises(OptionError, match="integer labels needs one label per sample"):
+        strict.matvec(v)

@@ -40,7 +40,8 @@ class HessianOperator(LinearOperator):
 
     - ``"layerwise"``: hand-written forward and backward tangent sweeps (Pearlmutter's R-op) for an
       ``nn.Sequential`` of Linear/Conv2d layers, Tanh/Sigmoid/ReLU/LeakyReLU, MaxPool2d, Flatten and Dropout under
-      ``F.cross_entropy`` or ``F.mse_loss`` (or their module forms). Per batch the activations and derivatives
+      ``F.cross_entropy``, ``F.mse_loss`` (or their module forms) or ``landscape.losses.squared_loss`` (any loss
+      carrying ``layerwise_kind``, see :mod:`landscape.operators.layerwise`). Per batch the activations and derivatives
       are cached once; each product is then a few matrix products into reused buffers, with no autograd.
     - ``"reverse"`` (reverse-over-reverse): one gradient graph per batch, shared by every column of a block;
       for a single ``(X, y)`` batch the graph is built once and reused by every later product.
@@ -84,7 +85,8 @@ class HessianOperator(LinearOperator):
         if product == "layerwise" and not fits:
             raise OptionError(
                 'product="layerwise" needs an nn.Sequential of Linear/Conv2d, Tanh/Sigmoid/ReLU/LeakyReLU, '
-                "MaxPool2d, Flatten and Dropout under F.cross_entropy or F.mse_loss; use product=\"reverse\" here"
+                "MaxPool2d, Flatten and Dropout under F.cross_entropy, F.mse_loss or the squared loss; use "
+                'product="reverse" here'
             )
         if product == "forward" and is_scripted(model):
             raise OptionError('product="forward" needs torch.func, which TorchScript modules refuse; use "reverse"')
@@ -222,6 +224,24 @@ class HessianOperator(LinearOperator):
         return self._require_finite(out)  # a NaN loss cannot be tested inside jvp/vmap; its products show it
 
     # -- conveniences ----------------------------------------------------------------------------------------
+    def gradient(self) -> torch.Tensor:
+        """The flat gradient of the mean loss over the data at the operator's parameters (one pass, no graph kept)."""
+        total = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
+        count = 0
+        for batch, size in self._batches():
+            leaves = tuple(p.detach().requires_grad_() for p in self.params)
+            with torch.enable_grad():
+                value = self._require_finite(self.batch_loss(leaves, batch))
+                grads = torch.autograd.grad(value, leaves, allow_unused=True)
+            self._write_add(total, grads, size)
+            count += size
+        return total.div_(count)
+
+    def _write_add(self, out: torch.Tensor, cols: tuple[Optional[torch.Tensor], ...], weight: float) -> None:
+        for part, col in zip(self.layout.split(out), cols):
+            if col is not None:
+                part.add_(col.reshape(part.shape), alpha=weight)
+
     def release(self) -> None:
         """Drop the cached gradient graph or sweeps (they hold the activations of the single batch)."""
         self._graph = None

@@ -1,0 +1,145 @@
+"""`landscape train`: argument parsing for training with curvature tracking (the work is in :mod:`landscape.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from typing import Any, Optional, Sequence
+
+import torch
+
+from landscape.errors import DataError, OptionError
+from landscape.optim.registry import HYPERPARAMETERS, OPTIMIZER_NAMES
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+TRAIN_EPILOG = """\
+optimizer hyperparameters (--hparam NAME=VALUE, repeatable), with their defaults:
+""" + "\n".join(f"  {name:9s} " + (", ".join(f"{k}={v}" for k, v in hp.items()) or "(lr only)")
+                for name, hp in HYPERPARAMETERS.items()) + """
+
+examples:
+  landscape train --model chebyshev --data chebyshev --loss squared --lr 0.2 --steps 5000 --track-every 100 -o eos.h5
+  landscape train --model mlp --data digits --optimizer sam --hparam rho=0.05 --lr 0.1 --batch-size 128 \\
+      --steps 3000 --track-every 50 --save-every 500 -o sam.h5
+  landscape train ... -o sam.h5 --resume        # continue a killed run from its last checkpoint, exactly
+
+The run file holds /run (step, loss, lr, grad_evals per step) and /run/curvature (lambda_max, eigenvalues, trace,
+trace_stderr, train/test loss and accuracy, grad_norm, matvecs per record), appended and flushed as they come.
+Checkpoints go to <output>_checkpoints/step_<N>.pt; `landscape analyze` reads them without --model."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model and record its curvature as it goes (progressive sharpening, edge of stability)",
+        description="Train with any of the toolkit's optimizers (full-batch gradient descent by default) and, every "
+        "--track-every steps, record λmax (Lanczos warm-started from the previous top eigenvector), the trace "
+        "(Hutch++), train and test loss and accuracy, and the gradient norm into an HDF5 run file.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, metavar="SPEC", help="mlp, cnn, chebyshev, or package.module:factory")
+    p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as JSON")
+    p.add_argument("--data", required=True, metavar="SPEC", help="digits, chebyshev, teacher, a .npz/.pt/.h5 file "
+                   "or package.module:function (its train split trains, its test split, when there is one, is "
+                   "evaluated)")
+    p.add_argument("--subset", type=int, metavar="N", help="train on a seeded random subset of N samples")
+    p.add_argument("--loss", metavar="SPEC", help="cross-entropy, mse, squared or package.module:function (default: "
+                   "cross-entropy for integer labels, mse for real targets)")
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZER_NAMES, help="optimizer (default: sgd)")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1)")
+    p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
+                   help="an optimizer hyperparameter, e.g. rho=0.05 (see the list below)")
+    p.add_argument("--schedule", default="constant", choices=("constant", "cosine", "linear"),
+                   help="learning-rate schedule after warm-up (default: constant)")
+    p.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default: 0)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="mini-batch size (default: the whole training set, "
+                   "i.e. full-batch gradient descent)")
+    p.add_argument("--track-every", type=int, default=50, metavar="N", help="record curvature every N steps, and "
+                   "at step 0; 0 turns tracking off (default: 50)")
+    p.add_argument("--track-top-k", type=int, default=1, metavar="K", help="eigenvalues per record (default: 1)")
+    p.add_argument("--track-tol", type=float, default=1e-6, help="Lanczos relative residual (default: 1e-6)")
+    p.add_argument("--track-trace-matvecs", type=int, default=30, metavar="M", help="Hutch++ products per record; "
+                   "0 turns the trace off (default: 30)")
+    p.add_argument("--save-every", type=int, default=0, metavar="N", help="checkpoint every N steps (default: only "
+                   "at the end)")
+    p.add_argument("--target-loss", type=float, help="stop once a record's train loss is at most this")
+    p.add_argument("--target-accuracy", type=float, help="stop once a record's train accuracy is at least this")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="precision (default: float32)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the data order and every "
+                   "random draw (default: 0)")
+    p.add_argument("-o", "--output", default="run.h5", metavar="FILE", help="HDF5 run file (default: run.h5)")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="where checkpoints go (default: <output>_checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_hparams(items: Sequence[str]) -> dict[str, Any]:
+    """``["rho=0.05", "adaptive=true"]`` → ``{"rho": 0.05, "adaptive": True}``; values are parsed as JSON if they can
+    be, else kept as strings."""
+    parsed = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise OptionError(f"--hparam takes NAME=VALUE, got {item!r}")
+        try:
+            parsed[name] = json.loads(text.lower() if text.lower() in ("true", "false") else text)
+        except json.JSONDecodeError:
+            parsed[name] = text
+    return parsed
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from landscape import store
+    from landscape.checkpoints import build_model, parse_model_kwargs
+    from landscape.data import load_data
+    from landscape.losses import resolve_loss
+    from landscape.tracking import TrackerSettings
+    from landscape.train import Trainer, TrainSettings
+
+    settings = TrainSettings(
+        optimizer=args.optimizer, lr=args.lr, hyperparameters=parse_hparams(args.hparam), steps=args.steps,
+        batch_size=args.batch_size, schedule=args.schedule, warmup=args.warmup, track_every=args.track_every,
+        tracker=TrackerSettings(top_k=args.track_top_k, tol=args.track_tol, trace_matvecs=args.track_trace_matvecs),
+        save_every=args.save_every, target_loss=args.target_loss, target_accuracy=args.target_accuracy,
+        seed=args.seed,
+    )
+    if not args.resume:
+        store.check_writable(args.output)
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
+    train_data = load_data(args.data, split="train", subset=args.subset, seed=args.seed)
+    test_data = _test_split(args.data)
+    loss = resolve_loss(args.loss, train_data.task)
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, model_kwargs)
+    trainer = Trainer(model, loss, train_data.batches, test_data, settings, output=args.output,
+                      checkpoint_dir=args.checkpoint_dir, model_spec=args.model, model_kwargs=model_kwargs,
+                      dtype=DTYPES[args.dtype], device=args.device,
+                      attrs={"command": " ".join(shlex.quote(a) for a in ["landscape", *argv]),
+                             "model_spec": args.model, "model_kwargs": model_kwargs, "data": train_data.spec,
+                             "data_description": train_data.description, "loss_function": _loss_name(loss),
+                             "num_params": sum(p.numel() for p in model.parameters())})
+    result = trainer.run(resume=args.resume, progress=False if args.quiet else None)
+    print(f"{result.stop_reason} after {result.steps} steps in {result.seconds:.1f} s")
+    print(f"run: {args.output}\ncheckpoint: {result.checkpoint}")
+    return 0
+
+
+def _test_split(spec: str) -> Optional[Any]:
+    """The data's test split when it has one (else None: files and built-ins without a test split train only)."""
+    from landscape.data import load_data
+
+    try:
+        return load_data(spec, split="test").batches
+    except (OptionError, DataError):
+        return None
+
+
+def _loss_name(loss: Any) -> str:
+    from landscape.losses import loss_name
+
+    return loss_name(loss)

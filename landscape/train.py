@@ -1,0 +1,279 @@
+"""Training with curvature tracking: progressive sharpening and the edge of stability, resumable to the bit.
+
+Each step draws a mini-batch from a seeded permutation of the training set (or uses all of it: full-batch gradient
+descent), takes one optimizer step (any optimizer of :mod:`landscape.optim.registry`), appends the step's loss to the
+run file, and every ``track_every`` steps appends a curvature record (:mod:`landscape.tracking`). Checkpoints in the
+toolkit's format hold the model, the optimizer, the schedule, the data order, torch's random state and the tracker's
+warm-start vector, so ``resume`` continues a killed run exactly as if it had never stopped (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from landscape import store
+from landscape.checkpoints import load_training_state, save_checkpoint
+from landscape.errors import DataError, LossError, OptionError
+from landscape.optim.registry import build_optimizer, resolve_hyperparameters, training_step
+from landscape.progress import progress_bar
+from landscape.tracking import CurvatureTracker, TrackerSettings
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train and what to record; stored with the run and checked on resume."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    steps: int = 1000
+    batch_size: Optional[int] = None  # None: full-batch gradient descent
+    schedule: str = "constant"
+    warmup: int = 0
+    track_every: int = 50  # 0: no curvature records
+    tracker: TrackerSettings = TrackerSettings()
+    save_every: int = 0  # 0: a checkpoint at the end only
+    target_loss: Optional[float] = None
+    target_accuracy: Optional[float] = None
+    divergence_factor: float = 1e3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        resolve_hyperparameters(self.optimizer, dict(self.hyperparameters))
+        for name in ("steps",):
+            if getattr(self, name) < 1:
+                raise OptionError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("track_every", "save_every", "warmup"):
+            if getattr(self, name) < 0:
+                raise OptionError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise OptionError(f"--lr must be positive, got {self.lr}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise OptionError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        if self.schedule not in SCHEDULES:
+            raise OptionError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+
+    def as_attrs(self) -> dict[str, Any]:
+        attrs = asdict(self)
+        attrs["hyperparameters"] = resolve_hyperparameters(self.optimizer, dict(self.hyperparameters))
+        attrs["tracker"] = {k: (str(v).replace("torch.", "") if isinstance(v, torch.dtype) else v)
+                            for k, v in asdict(self.tracker).items()}
+        return attrs
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a run ended."""
+
+    steps: int
+    stop_reason: str
+    checkpoint: Optional[Path]
+    seconds: float
+
+
+def lr_factor(schedule: str, warmup: int, steps: int) -> Callable[[int], float]:
+    """The multiplier of the base learning rate after ``k`` steps: linear warm-up, then constant, cosine or linear."""
+
+    def factor(k: int) -> float:
+        if k < warmup:
+            return (k + 1) / warmup
+        progress = (k - warmup) / max(1, steps - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if schedule == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+
+    return factor
+
+
+def in_memory(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training draws its own batches, so it needs the data as one ``(X, y)`` pair (a list of batches is joined)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return data[0], data[1]
+    if isinstance(data, list) and data:
+        return torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    raise DataError("training needs the data set in memory as (X, y) tensors; a DataLoader is not supported here")
+
+
+class BatchOrder:
+    """Mini-batches from seeded permutations of the training set, epoch after epoch; resumable from its state."""
+
+    def __init__(self, size: int, batch_size: Optional[int], seed: int) -> None:
+        self.size = size
+        self.batch_size = size if batch_size is None else min(batch_size, size)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.permutation = torch.randperm(size, generator=self.generator)
+        self.position = 0
+
+    def next(self) -> Optional[torch.Tensor]:
+        """Indices of the next batch, or None for full-batch training (all samples, in order)."""
+        if self.batch_size == self.size:
+            return None
+        if self.position + self.batch_size > self.size:
+            self.permutation = torch.randperm(self.size, generator=self.generator)
+            self.position = 0
+        index = self.permutation[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return index
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "permutation": self.permutation, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.permutation = state["permutation"]
+        self.position = int(state["position"])
+
+
+def latest_checkpoint(folder: Path) -> Optional[Path]:
+    """The checkpoint with the highest step in ``folder`` (files ``step_<N>.pt``)."""
+    found = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return found[-1] if found else None
+
+
+class Trainer:
+    """One training run: the model, data, loss, optimizer, schedule, tracker, run file and checkpoints."""
+
+    def __init__(self, model: nn.Module, loss: Any, train_data: Any, test_data: Any, settings: TrainSettings, *,
+                 output: str | Path, checkpoint_dir: Optional[str | Path] = None, model_spec: Optional[str] = None,
+                 model_kwargs: Optional[Mapping[str, Any]] = None, dtype: torch.dtype = torch.float32,
+                 device: Optional[str] = None, attrs: Optional[Mapping[str, Any]] = None) -> None:
+        self.settings = settings
+        self.device = torch.device(device or "cpu")
+        self.model = model.to(device=self.device, dtype=dtype)
+        self.loss = loss
+        X, y = in_memory(train_data)
+        self.X, self.y = X.to(self.device, dtype if X.is_floating_point() else X.dtype), y.to(self.device)
+        if y.is_floating_point():
+            self.y = self.y.to(dtype)
+        self.test_data = test_data
+        self.output = Path(output)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else self.output.with_name(
+            f"{self.output.stem}_checkpoints")
+        self.model_spec, self.model_kwargs = model_spec, dict(model_kwargs or {})
+        self.attrs = {**(attrs or {}), "settings": json.dumps(settings.as_attrs(), default=str),
+                      "dtype": str(dtype).replace("torch.", ""), "device": str(self.device)}
+        torch.manual_seed(settings.seed)  # dropout and any other draw from torch's global generator
+        self.optimizer = build_optimizer(settings.optimizer, self.model, lr=settings.lr, seed=settings.seed,
+                                         loss=loss, **dict(settings.hyperparameters))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(settings.schedule, settings.warmup, settings.steps))
+        self.order = BatchOrder(len(self.X), settings.batch_size, settings.seed)
+        self.model.train()  # dropout and BatchNorm as in training; the tracker measures in eval mode
+        tracker_settings = TrackerSettings(**{**asdict(settings.tracker), "seed": settings.seed,
+                                              "dtype": settings.tracker.dtype or dtype, "device": str(self.device)})
+        self.tracker = CurvatureTracker(loss, (self.X, self.y), test_data, tracker_settings)
+        self.step = 0
+        self.first_loss: Optional[float] = None
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        path = self.checkpoint_dir / f"step_{self.step}.pt"
+        save_checkpoint(path, self.model, step=self.step, model_spec=self.model_spec, model_kwargs=self.model_kwargs,
+                        optimizer_state=self.optimizer.state_dict(),
+                        extra={"scheduler": self.scheduler.state_dict(), "order": self.order.state_dict(),
+                               "tracker": self.tracker.state_dict(), "torch_rng": torch.get_rng_state(),
+                               "first_loss": self.first_loss})
+        return path
+
+    def restore(self, path: Path) -> None:
+        state = load_training_state(path)
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        extra = state["extra"]
+        self.scheduler.load_state_dict(extra["scheduler"])
+        self.order.load_state_dict(extra["order"])
+        self.tracker.load_state_dict(extra["tracker"])
+        torch.set_rng_state(extra["torch_rng"])
+        self.first_loss = extra["first_loss"]
+        self.step = int(state["step"])
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.order.next()
+        return (self.X, self.y) if index is None else (self.X[index], self.y[index])
+
+    def _track(self, writer: store.RunWriter) -> Optional[str]:
+        """Append a curvature record; the stop reason if a target is reached."""
+        record = self.tracker.measure(self.model, self.step)
+        writer.append("run/curvature", record)
+        s = self.settings
+        if s.target_loss is not None and record["train_loss"] <= s.target_loss:
+            return f"train loss {record['train_loss']:.4g} <= target {s.target_loss}"
+        accuracy = record.get("train_accuracy")
+        if s.target_accuracy is not None and accuracy is not None and accuracy >= s.target_accuracy:
+            return f"train accuracy {accuracy:.4g} >= target {s.target_accuracy}"
+        return None
+
+    def _check_loss(self, value: float) -> None:
+        if self.first_loss is None:
+            self.first_loss = value
+        if not math.isfinite(value) or value > self.settings.divergence_factor * max(self.first_loss, 1e-12):
+            raise LossError(f"training diverged at step {self.step}: loss {value:.4g} (first loss "
+                            f"{self.first_loss:.4g}); the records so far are in {self.output} and the last good "
+                            f"checkpoint in {self.checkpoint_dir}; lower --lr")
+
+    def run(self, *, resume: bool = False, progress: Optional[bool] = None) -> TrainResult:
+        """Train to ``settings.steps`` (or a target), appending records; with ``resume``, from the last checkpoint."""
+        start = time.perf_counter()
+        s = self.settings
+        if resume:
+            writer = self._resume_writer()
+        else:
+            writer = store.RunWriter(self.output, self.attrs)
+        checkpoint, stop = None, None
+        bar = progress_bar(s.steps, "training", progress, unit="step")
+        bar.update(self.step)
+        with writer:
+            if s.track_every and self.step % s.track_every == 0 and not resume:
+                stop = self._track(writer)
+            while stop is None and self.step < s.steps:
+                loss_value, used = training_step(self.optimizer, self.model, self.loss, self._batch())
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
+                self.step += 1
+                writer.append("run", {"step": self.step, "loss": loss_value, "lr": lr, "grad_evals": used})
+                try:
+                    self._check_loss(loss_value)
+                except LossError as err:
+                    writer.set_attrs("run", {"stop_reason": str(err), "final_step": self.step})
+                    raise
+                bar.update(1)
+                if s.track_every and self.step % s.track_every == 0:
+                    stop = self._track(writer)
+                if s.save_every and self.step % s.save_every == 0:
+                    checkpoint = self.save()
+            stop = stop or f"reached {s.steps} steps"
+            if checkpoint is None or checkpoint.stem != f"step_{self.step}":
+                checkpoint = self.save()
+            writer.set_attrs("run", {"stop_reason": stop, "final_step": self.step})
+        bar.close()
+        return TrainResult(self.step, stop, checkpoint, time.perf_counter() - start)
+
+    def _resume_writer(self) -> store.RunWriter:
+        last = latest_checkpoint(self.checkpoint_dir)
+        if last is None:
+            raise OptionError(f"--resume: no checkpoint step_<N>.pt in {self.checkpoint_dir} to resume from")
+        saved = json.loads(store.read_run(self.output).attrs.get("settings", "{}"))
+        mine = json.loads(self.attrs["settings"])
+        changed = sorted(k for k in mine if k not in ("steps", "target_loss", "target_accuracy")
+                         and saved.get(k) != mine[k])
+        if changed:
+            raise OptionError(f"--resume with settings that differ from the run in {self.output}: "
+                              f"{', '.join(changed)}; resume with the original options")
+        self.restore(last)
+        writer = store.RunWriter(self.output, self.attrs, resume=True)
+        writer.truncate("run", self.step)
+        writer.truncate("run/curvature", self.step)
+        return writer
