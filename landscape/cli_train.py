@@ -61,9 +61,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--track-every", type=int, default=50, metavar="N", help="record curvature every N steps, and "
                    "at step 0; 0 turns tracking off (default: 50)")
     p.add_argument("--track-top-k", type=int, default=1, metavar="K", help="eigenvalues per record (default: 1)")
-    p.add_argument("--track-tol", type=float, default=1e-6, help="Lanczos relative residual (default: 1e-6)")
-    p.add_argument("--track-trace-matvecs", type=int, default=30, metavar="M", help="Hutch++ products per record; "
-                   "0 turns the trace off (default: 30)")
+    p.add_argument("--track-tol", type=float, default=1e-4, help="Lanczos relative residual; λmax's error is about "
+                   "its square over the spectral gap (default: 1e-4)")
+    p.add_argument("--track-trace-matvecs", type=int, default=12, metavar="M", help="Hutch++ products per record "
+                   "(its standard error is recorded too); 0 turns the trace off (default: 12)")
     p.add_argument("--save-every", type=int, default=0, metavar="N", help="checkpoint every N steps (default: only "
                    "at the end)")
     p.add_argument("--target-loss", type=float, help="stop once a record's train loss is at most this")
