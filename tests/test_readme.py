@@ -22,9 +22,9 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}[ \t]*\n(.*?)^```", README, re.S | re.M)
 
 
-def quickstart_block() -> str:
-    """The first shell block after the quick-start marker."""
-    after = README[README.index("<!-- quickstart"):]
+def shell_block(marker: str) -> str:
+    """The first shell block after ``<!-- marker``."""
+    after = README[README.index(f"<!-- {marker}"):]
     return re.search(r"^```bash[ \t]*\n(.*?)^```", after, re.S | re.M).group(1)
 
 
@@ -46,7 +46,7 @@ def environment(tmp_path: Path) -> dict[str, str]:
 def test_quickstart_then_every_python_example(tmp_path, monkeypatch, capsys):
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run(["bash", "-e", "-c", quickstart_block()], cwd=work, env=environment(tmp_path),
+    proc = subprocess.run(["bash", "-e", "-c", shell_block("quickstart")], cwd=work, env=environment(tmp_path),
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("ckpt_step")][:3] == [
@@ -61,3 +61,17 @@ def test_quickstart_then_every_python_example(tmp_path, monkeypatch, capsys):
     for number, code in enumerate(python_blocks):
         exec(compile(code, f"README.md python block {number}", "exec"), {"__name__": "__readme__"})
         assert capsys.readouterr().out.strip(), f"python block {number} printed nothing"
+
+
+def test_train_example(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run(["bash", "-e", "-c", shell_block("train-example")], cwd=work, env=environment(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    sharpness = [float(line.split()[3]) for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert len(sharpness) == 17 and sharpness[0] < 3.5 < 9 < sharpness[-1]  # progressive sharpening toward 2/lr
+    records = store.read_run(work / "eos.h5")
+    assert records.attrs["final_step"] == 4000
+    minima = store.read_results(work / "eos_minima.h5")
+    assert sorted(r.step for r in minima.values()) == [1000, 2000, 3000, 4000]
