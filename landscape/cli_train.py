@@ -16,7 +16,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 TRAIN_EPILOG = """\
 optimizer hyperparameters (--hparam NAME=VALUE, repeatable), with their defaults:
-""" + "\n".join(f"  {name:9s} " + (", ".join(f"{k}={v}" for k, v in hp.items()) or "(lr only)")
+""" + "\n".join(f"  {name:9s} " + (", ".join(f"{k}={'lr' if v is None else v}" for k, v in hp.items()) or "(lr only)")
                 for name, hp in HYPERPARAMETERS.items()) + """
 
 examples:
