@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from landscape.errors import StoreError
-from landscape.linalg.results import DensityResult, DiagonalResult, EigenResult, TraceResult
+from landscape.linalg.results import DensityResult, DiagonalResult, EigenResult, JacobianResult, TraceResult
 
 FORMAT = "landscape"
 FORMAT_VERSION = 1
-RESULT_TYPES = {cls.__name__: cls for cls in (EigenResult, TraceResult, DensityResult, DiagonalResult)}
+RESULT_TYPES = {cls.__name__: cls for cls in (EigenResult, TraceResult, DensityResult, DiagonalResult, JacobianResult)}
 Result = Union[EigenResult, TraceResult, DensityResult, DiagonalResult]
 PathLike = Union[str, os.PathLike]
 _JSON = "json:"
@@ -177,7 +177,7 @@ def open_results(path: PathLike) -> Iterator[h5py.File]:
     if not path.is_file():
         raise StoreError(f"results file {path} does not exist")
     try:
-        handle = h5py.File(path, "r")
+        handle = h5py.File(path, "r", locking=False)  # readable while a training run appends to it
     except OSError as err:
         raise StoreError(f"{path} is not a readable HDF5 file ({err})") from None
     with handle:

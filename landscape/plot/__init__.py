@@ -6,13 +6,24 @@ from landscape.plot.sharpening import (
     plot_sharpening,
     stability_threshold,
 )
-from landscape.plot.style import COLORS, COLUMN_WIDTH, PAPER_RC, PNG_DPI, apply_style, new_figure, paper_style, save
+from landscape.plot.style import (
+    COLORS,
+    COLUMN_WIDTH,
+    PAPER_RC,
+    PNG_DPI,
+    RASTER_DPI,
+    apply_style,
+    new_figure,
+    paper_style,
+    save,
+)
 
 __all__ = [
     "COLORS",
     "COLUMN_WIDTH",
     "PAPER_RC",
     "PNG_DPI",
+    "RASTER_DPI",
     "SharpeningRun",
     "apply_style",
     "load_sharpening_run",

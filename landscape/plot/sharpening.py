@@ -148,14 +148,24 @@ def plot_sharpening(runs: Sequence[PathLike], output: Optional[PathLike], *, lab
         top.tick_params(labelbottom=False)
         if title:
             top.set_title(title)
-        # two columns, read across: "η = 0.1 ― 2/η = 20" per row when every run has an η
-        paired = len(threshold_handles) == len(run_handles)
-        handles = run_handles + threshold_handles
-        top.legend(handles=handles, labels=[h.get_label() for h in handles], ncol=2 if paired else 1, loc="best")
+        _legend(top, run_handles, threshold_handles)
         fig.align_ylabels([top, bottom])
         if output is not None:
             save(fig, output)
     return fig
+
+
+def _legend(ax: Any, runs: list[Any], thresholds: list[Any]) -> None:
+    """Above the panel, one column per run: "η = 0.1" over "2/η = 20" (matplotlib fills legends column by column).
+
+    Outside the axes it never hides a curve or a dashed line; past four runs it goes inside, in two columns."""
+    if len(thresholds) == len(runs) and len(runs) <= 4:
+        handles = [h for pair in zip(runs, thresholds) for h in pair]
+        ax.legend(handles=handles, labels=[h.get_label() for h in handles], ncol=len(runs), loc="lower center",
+                  bbox_to_anchor=(0.5, 1.0), borderaxespad=0.2)
+    else:
+        handles = runs + thresholds
+        ax.legend(handles=handles, labels=[h.get_label() for h in handles], ncol=2 if thresholds else 1, loc="best")
 
 
 def _scale_sharpness(ax: Any, values: list[float]) -> None:

@@ -29,6 +29,8 @@ COLUMN_WIDTH = 3.4
 COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 #: Resolution of the PNG written by :func:`save`.
 PNG_DPI = 200
+#: Resolution of the parts of a PDF drawn as images (artists with ``rasterized=True``, e.g. dense per-step curves).
+RASTER_DPI = 300
 
 PAPER_RC: dict[str, Any] = {
     "figure.figsize": (COLUMN_WIDTH, 2.6),
@@ -97,7 +99,8 @@ def new_figure(width: float = COLUMN_WIDTH, height: float = 2.6, **kwargs: Any) 
 
 
 def save(fig: Figure, path: PathLike, *, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
-    """Write ``fig`` to ``path.png`` (at :data:`PNG_DPI`) and ``path.pdf``, creating folders; returns the paths.
+    """Write ``fig`` to ``path.png`` (at :data:`PNG_DPI`) and ``path.pdf`` (vector; rasterized artists at
+    :data:`RASTER_DPI`), creating folders; returns the paths written.
 
     ``path`` is given without a suffix; a trailing ``.png`` or ``.pdf`` is dropped (``eos_0.05`` keeps its
     ``.05``). The paper style's save settings (tight box, white background) apply whatever the caller's rcParams;
@@ -115,7 +118,7 @@ def save(fig: Figure, path: PathLike, *, formats: tuple[str, ...] = ("png", "pdf
         for fmt in formats:
             target = base.with_name(f"{base.name}.{fmt}")
             try:
-                fig.savefig(target, format=fmt, dpi=PNG_DPI if fmt == "png" else None)
+                fig.savefig(target, format=fmt, dpi=PNG_DPI if fmt == "png" else RASTER_DPI)
             except OSError as err:
                 raise StoreError(f"cannot write figure {target}: {err.strerror or err}") from None
             written.append(target)
