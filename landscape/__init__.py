@@ -18,6 +18,7 @@ from landscape.linalg import (
     DensityResult,
     DiagonalResult,
     EigenResult,
+    JacobianResult,
     TraceResult,
     diagonal,
     hutchinson,
@@ -28,7 +29,16 @@ from landscape.linalg import (
     spectral_density,
     trace,
 )
-from landscape.operators import DenseOperator, HessianOperator, LinearOperator, ModelLoss
+from landscape.lipschitz import lipschitz_upper_bound
+from landscape.operators import (
+    DenseOperator,
+    FisherOperator,
+    GGNOperator,
+    HessianOperator,
+    LinearOperator,
+    ModelLoss,
+    jacobian_norms,
+)
 from landscape.store import read_results
 
 __version__ = "0.1.0"
@@ -53,6 +63,11 @@ __all__ = [
     "LinearOperator",
     "DenseOperator",
     "HessianOperator",
+    "GGNOperator",
+    "FisherOperator",
+    # Jacobian norms and Lipschitz estimates
+    "jacobian_norms",
+    "lipschitz_upper_bound",
     # algorithms
     "lanczos",
     "power_iteration",
@@ -67,6 +82,7 @@ __all__ = [
     "TraceResult",
     "DensityResult",
     "DiagonalResult",
+    "JacobianResult",
     # errors
     "LandscapeError",
     "CheckpointError",

@@ -4,7 +4,7 @@ from landscape.linalg.density import spectral_density
 from landscape.linalg.diagonal import diagonal
 from landscape.linalg.lanczos import lanczos
 from landscape.linalg.power import power_iteration
-from landscape.linalg.results import DensityResult, DiagonalResult, EigenResult, TraceResult
+from landscape.linalg.results import DensityResult, DiagonalResult, EigenResult, JacobianResult, TraceResult
 from landscape.linalg.trace import hutchinson, hutchpp, krylov_hutchinson, trace
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "TraceResult",
     "DensityResult",
     "DiagonalResult",
+    "JacobianResult",
 ]
