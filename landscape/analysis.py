@@ -22,11 +22,15 @@ from landscape.linalg.trace import METHODS as TRACE_METHODS
 from landscape.losses import check_targets, loss_name
 from landscape.operators.batches import checked_batches, move_batch
 from landscape.operators.functional import ModelLoss, call_with, evaluate_loss
-from landscape.operators.hessian import HessianOperator
+from landscape.lipschitz import lipschitz_upper_bound
+from landscape.operators.ggn import FisherOperator, GGNOperator
+from landscape.operators.hessian import HessianOperator, ModelOperator
+from landscape.operators.jacobian import jacobian_norms
 from landscape.store import Result
 
-METRICS = ("eigs", "trace", "density")
-GROUP_NAMES = {"eigs": "eigen", "trace": "trace", "density": "density"}
+METRICS = ("eigs", "trace", "density", "jacobian")
+GROUP_NAMES = {"eigs": "eigen", "trace": "trace", "density": "density", "jacobian": "jacobian"}
+CURVATURES = ("hessian", "ggn", "fisher", "empirical-fisher")
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,14 @@ class AnalysisSettings:
     device: Optional[str] = None
     seed: int = 0
     save_vectors: bool = False
+    curvature: str = "hessian"
+    jacobian_outputs: str = "logits"
 
     def __post_init__(self) -> None:
+        if self.curvature not in CURVATURES:
+            raise OptionError(f"--curvature must be one of {', '.join(CURVATURES)}, got {self.curvature!r}")
+        if self.jacobian_outputs not in ("logits", "probabilities"):
+            raise OptionError(f"--jacobian-outputs must be logits or probabilities, got {self.jacobian_outputs!r}")
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise OptionError(
@@ -88,8 +98,10 @@ def curvature(
     params: Optional[Sequence[str]] = None,
     progress: Optional[bool] = None,
 ) -> dict[str, Result]:
-    """The requested metrics of the Hessian of the mean loss over ``data`` (over ``params`` when given)."""
-    op = HessianOperator(model, loss, data, params=params, dtype=settings.dtype, device=settings.device)
+    """The requested metrics of the curvature matrix (``settings.curvature``, the Hessian by default) of the mean loss
+    over ``data`` (over ``params`` when given), and the input-output Jacobian norms when asked for."""
+    op = curvature_operator(settings.curvature, model, loss, data, params=params, dtype=settings.dtype,
+                            device=settings.device, seed=settings.seed)
     results: dict[str, Result] = {}
     if "eigs" in settings.metrics:
         eig = lanczos(op, min(settings.top_k, op.shape[0]), tol=settings.tol, seed=settings.seed,
@@ -102,8 +114,38 @@ def curvature(
         results["density"] = spectral_density(op, num_probes=settings.density_probes,
                                               num_steps=settings.density_steps, seed=settings.seed,
                                               progress=progress)
+    if "jacobian" in settings.metrics and params is None:
+        results["jacobian"] = jacobian(model, data, settings, progress=progress)
     op.release()
     return results
+
+
+def curvature_operator(kind: str, model: nn.Module, loss: Any, data: Any, *, params: Optional[Sequence[str]] = None,
+                       dtype: Optional[torch.dtype] = None, device: Optional[str] = None,
+                       seed: int = 0) -> ModelOperator:
+    """The Hessian, the generalized Gauss-Newton matrix, the Fisher (labels sampled from the model, one per sample)
+    or the empirical Fisher (the data's labels) of the mean loss, as an operator."""
+    common = dict(params=params, dtype=dtype, device=device)
+    if kind == "hessian":
+        return HessianOperator(model, loss, data, **common)
+    if kind == "ggn":
+        return GGNOperator(model, loss, data, **common)
+    if kind == "fisher":
+        return FisherOperator(model, loss, data, kind="true", seed=seed, **common)
+    if kind == "empirical-fisher":
+        return FisherOperator(model, loss, data, kind="empirical", **common)
+    raise OptionError(f"curvature must be one of {', '.join(CURVATURES)}, got {kind!r}")
+
+
+def jacobian(model: nn.Module, data: Any, settings: AnalysisSettings, *, progress: Optional[bool] = None) -> Result:
+    """Per-sample Jacobian norms over the data, with the layer-norm product bound where the architecture allows it."""
+    result = jacobian_norms(model, data, outputs=settings.jacobian_outputs, dtype=settings.dtype,
+                            device=settings.device, seed=settings.seed, progress=progress)
+    try:
+        bound = lipschitz_upper_bound(model, tuple(first_batch(data)[0].shape[1:]))
+    except (OptionError, TypeError):  # not a plain feed-forward net: no bound
+        return result
+    return dataclasses.replace(result, lipschitz_upper=bound)
 
 
 def layer_groups(model: nn.Module) -> dict[str, list[str]]:

@@ -8,7 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 from landscape import __version__, cli_train
-from landscape.analysis import METRICS
+from landscape.analysis import CURVATURES
 from landscape.errors import LandscapeError
 from landscape.linalg.trace import METHODS as TRACE_METHODS
 
@@ -52,8 +52,14 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", metavar="SPEC", help="cross-entropy, mse, squared (Cohen et al.'s ½‖out − onehot‖²), "
                    "or package.module:callable taking (model, batch) (default: cross-entropy for integer labels, "
                    "mse for real targets)")
-    p.add_argument("--metrics", default=",".join(METRICS), help="comma-separated subset of eigs,trace,density "
-                   "(default: all three)")
+    p.add_argument("--metrics", default="eigs,trace,density", help="comma-separated subset of eigs,trace,density,"
+                   "jacobian (default: eigs,trace,density); jacobian: per-sample input-output Jacobian norms and, for "
+                   "plain feed-forward nets, the product of the layers' spectral norms (a Lipschitz upper bound)")
+    p.add_argument("--curvature", default="hessian", choices=CURVATURES, help="the matrix whose eigenvalues, trace "
+                   "and density are computed: the loss Hessian, the generalized Gauss-Newton matrix, the Fisher "
+                   "(labels sampled from the model) or the empirical Fisher (the data's labels) (default: hessian)")
+    p.add_argument("--jacobian-outputs", default="logits", choices=("logits", "probabilities"),
+                   help="differentiate the logits or the softmax probabilities (default: logits)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="number of top eigenvalues (default: 5)")
     p.add_argument("--tol", type=float, default=1e-6, help="relative residual at which Lanczos stops (default: 1e-6)")
     p.add_argument("--trace-matvecs", type=int, default=99, metavar="M", help="Hessian-vector products for the "
@@ -143,6 +149,7 @@ def run_analyze_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         top_k=args.top_k, tol=args.tol, trace_matvecs=args.trace_matvecs, trace_method=args.trace_method,
         density_probes=args.density_probes, density_steps=args.density_steps, per_layer=args.per_layer,
         dtype=DTYPES[args.dtype], device=args.device, seed=args.seed, save_vectors=args.save_vectors,
+        curvature=args.curvature, jacobian_outputs=args.jacobian_outputs,
     )
     model_kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else None
     data = load_data(args.data, split=args.split, batch_size=args.batch_size, subset=args.subset, seed=args.seed)

@@ -65,6 +65,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "its square over the spectral gap (default: 1e-4)")
     p.add_argument("--track-trace-matvecs", type=int, default=12, metavar="M", help="Hutch++ products per record "
                    "(its standard error is recorded too); 0 turns the trace off (default: 12)")
+    p.add_argument("--curvature", default="hessian", choices=("hessian", "ggn", "fisher", "empirical-fisher"),
+                   help="the matrix whose λmax and trace are recorded (default: hessian)")
+    p.add_argument("--track-also", default="", metavar="NAMES", help="comma-separated other matrices whose λmax is "
+                   "recorded too, as lambda_max_<name> (e.g. ggn)")
+    p.add_argument("--track-jacobian", action="store_true", help="record the mean and max input-output Jacobian "
+                   "norms over the training data (jacobian_mean, jacobian_max: spectral; jacobian_frobenius_mean)")
     p.add_argument("--save-every", type=int, default=0, metavar="N", help="checkpoint every N steps (default: only "
                    "at the end)")
     p.add_argument("--target-loss", type=float, help="stop once a record's train loss is at most this")
@@ -105,7 +111,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     settings = TrainSettings(
         optimizer=args.optimizer, lr=args.lr, hyperparameters=parse_hparams(args.hparam), steps=args.steps,
         batch_size=args.batch_size, schedule=args.schedule, warmup=args.warmup, track_every=args.track_every,
-        tracker=TrackerSettings(top_k=args.track_top_k, tol=args.track_tol, trace_matvecs=args.track_trace_matvecs),
+        tracker=TrackerSettings(top_k=args.track_top_k, tol=args.track_tol, trace_matvecs=args.track_trace_matvecs,
+                                curvature=args.curvature, jacobian=args.track_jacobian,
+                                also_lambda_max=tuple(k.strip() for k in args.track_also.split(",") if k.strip())),
         save_every=args.save_every, target_loss=args.target_loss, target_accuracy=args.target_accuracy,
         seed=args.seed,
     )

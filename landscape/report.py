@@ -8,7 +8,8 @@ from typing import Any, Optional, Sequence
 from landscape import store
 from landscape.store import CheckpointRecord
 
-HEADERS = ("checkpoint", "step", "loss", "accuracy", "lambda_max", "lambda_k", "trace", "trace/n", "HVPs", "seconds")
+HEADERS = ("checkpoint", "step", "loss", "accuracy", "lambda_max", "lambda_k", "trace", "trace/n", "|J|_2 max", "HVPs",
+           "seconds")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, markdown: bool = False) -> str:
@@ -30,7 +31,7 @@ def _number(value: Optional[float], digits: int = 5) -> str:
 def record_row(record: CheckpointRecord) -> list[str]:
     """One table row: fit at the checkpoint, top and k-th eigenvalue, trace with its standard error, cost."""
     attrs, results = record.attrs, record.results
-    eigen, trace = results.get("eigen"), results.get("trace")
+    eigen, trace, jacobian = results.get("eigen"), results.get("trace"), results.get("jacobian")
     matvecs = sum(getattr(r, "num_matvecs", 0) for r in results.values())
     k = len(eigen.values) if eigen is not None else 0
     return [
@@ -42,6 +43,7 @@ def record_row(record: CheckpointRecord) -> list[str]:
         f"{_number(eigen.values[-1])} (k={k})" if k > 1 else "-",
         f"{trace.estimate:.5g} ± {trace.stderr:.2g}" if trace is not None else "-",
         _number(trace.normalized, 4) if trace is not None else "-",
+        _number(jacobian.spectral_max, 4) if jacobian is not None and jacobian.spectral is not None else "-",
         str(matvecs),
         _number(attrs.get("seconds"), 3),
     ]
@@ -61,6 +63,11 @@ def _describe_result(result: Any) -> str:
         return f"{len(result.values)} eigenvalues ({result.which}): {values}"
     if kind == "TraceResult":
         return f"{result.estimate:.6g} ± {result.stderr:.2g} ({result.method}, {result.num_matvecs} HVPs)"
+    if kind == "JacobianResult":
+        bound = f", layer-norm bound {result.lipschitz_upper:.4g}" if result.lipschitz_upper is not None else ""
+        spectral = f"spectral mean {result.spectral_mean:.4g}, max {result.spectral_max:.4g}" \
+            if result.spectral is not None else ""
+        return f"{result.num_samples} samples ({result.outputs}): {spectral}{bound}"
     if kind == "DensityResult":
         return (f"{result.num_probes} probes × {result.num_steps} steps on [{result.grid[0]:.4g}, "
                 f"{result.grid[-1]:.4g}], {len(result.grid)} grid points")

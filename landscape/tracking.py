@@ -1,5 +1,6 @@
 """Curvature measured during training, cheaply enough to leave on: λmax by Lanczos warm-started from the previous
-top eigenvector, the trace by Hutch++, loss and accuracy on the train and test sets, and the gradient norm."""
+top eigenvector, the trace by Hutch++, loss and accuracy on the train and test sets, the gradient norm, and on request
+λmax of other curvature matrices (GGN, Fisher) and the input-output Jacobian norms over the training data."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape.analysis import fit
+from landscape.analysis import CURVATURES, curvature_operator, fit
+from landscape.errors import OptionError
 from landscape.linalg import hutchpp, lanczos
-from landscape.operators.hessian import HessianOperator
+from landscape.operators.hessian import ModelOperator
+from landscape.operators.jacobian import jacobian_norms
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,18 @@ class TrackerSettings:
     tol: float = 1e-4  # Lanczos relative residual; λmax's own error is about residual²/gap, ≈1e-6 relative here
     trace_matvecs: int = 12  # Hutch++ products; 0 turns the trace off
     warm_start: bool = True
+    curvature: str = "hessian"  # the matrix of lambda_max and the trace: hessian, ggn, fisher, empirical-fisher
+    also_lambda_max: tuple[str, ...] = ()  # other matrices whose λmax is recorded as lambda_max_<name>
+    jacobian: bool = False  # record the mean and max Jacobian norms over the training data
     dtype: Optional[torch.dtype] = None
     device: Optional[str] = None
     seed: int = 0
+
+
+def _check(settings: TrackerSettings) -> None:
+    for kind in (settings.curvature, *settings.also_lambda_max):
+        if kind not in CURVATURES:
+            raise OptionError(f"curvature {kind!r} is not one of {', '.join(CURVATURES)} (--curvature, --track-also)")
 
 
 class CurvatureTracker:
@@ -41,39 +53,57 @@ class CurvatureTracker:
         self.loss = loss
         self.train_data = train_data
         self.test_data = test_data
+        _check(settings)
         self.settings = settings
-        self.previous: Optional[torch.Tensor] = None
+        self.previous: dict[str, torch.Tensor] = {}
+
+    def _lambda_max(self, kind: str, model: nn.Module, step: int) -> tuple[Any, ModelOperator]:
+        """Top eigenpairs of the ``kind`` matrix, warm-started from its previous top eigenvector."""
+        s = self.settings
+        op = curvature_operator(kind, model, self.loss, self.train_data, dtype=s.dtype, device=s.device,
+                                seed=_seed(s.seed, step))
+        v0 = self.previous.get(kind) if s.warm_start else None
+        k = min(s.top_k if kind == s.curvature else 1, op.shape[0])
+        eig = lanczos(op, k, tol=s.tol, v0=v0, seed=_seed(s.seed, step), progress=False)
+        self.previous[kind] = eig.vectors[0].detach().clone()
+        return eig, op
 
     def measure(self, model: nn.Module, step: int) -> dict[str, Any]:
         """One record: λ1..λk, trace ± stderr, train/test loss and accuracy, gradient norm, products and seconds."""
         s = self.settings
         start = time.perf_counter()
-        op = HessianOperator(model, self.loss, self.train_data, dtype=s.dtype, device=s.device)
-        v0 = self.previous if s.warm_start and self.previous is not None else None
-        eig = lanczos(op, min(s.top_k, op.shape[0]), tol=s.tol, v0=v0, seed=_seed(s.seed, step), progress=False)
-        self.previous = eig.vectors[0].detach().clone()
-        eig_matvecs = op.num_matvecs
+        eig, op = self._lambda_max(s.curvature, model, step)
         record: dict[str, Any] = {"step": step, "eigenvalues": eig.values.copy(), "lambda_max": float(eig.values[0]),
-                                  "eig_matvecs": eig_matvecs}
+                                  "eig_matvecs": op.num_matvecs}
         if s.trace_matvecs:
             tr = hutchpp(op, max(3, s.trace_matvecs), seed=_seed(s.seed, step) + 1)
             record.update(trace=tr.estimate, trace_stderr=tr.stderr)
         op.release()
+        matvecs = op.num_matvecs
+        for kind in s.also_lambda_max:
+            other, other_op = self._lambda_max(kind, model, step)
+            record[f"lambda_max_{kind.replace('-', '_')}"] = float(other.values[0])
+            matvecs += other_op.num_matvecs
         record["train_loss"], record["train_accuracy"] = fit(model, self.loss, self.train_data,
                                                              dtype=op.dtype, device=s.device)
         if self.test_data is not None:
             record["test_loss"], record["test_accuracy"] = fit(model, self.loss, self.test_data,
                                                                dtype=op.dtype, device=s.device)
         record["grad_norm"] = float(op.gradient().norm())
-        record["matvecs"] = op.num_matvecs
+        if s.jacobian:
+            jac = jacobian_norms(model, self.train_data, dtype=op.dtype, device=s.device, seed=_seed(s.seed, step),
+                                 progress=False)
+            record.update(jacobian_mean=jac.spectral_mean, jacobian_max=jac.spectral_max,
+                          jacobian_frobenius_mean=jac.frobenius_mean)
+        record["matvecs"] = matvecs
         record["seconds"] = time.perf_counter() - start
         return {key: value for key, value in record.items() if value is not None}  # no accuracy for regression
 
     def state_dict(self) -> dict[str, Any]:
-        return {"previous": self.previous}
+        return {"previous": dict(self.previous)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.previous = state.get("previous")
+        self.previous = dict(state.get("previous") or {})
 
 
 def _seed(seed: int, step: int) -> int:

@@ -226,3 +226,37 @@ def test_scripted_model_with_a_model_loss_over_batches_matches_the_dense_hessian
     np.testing.assert_allclose(record.results["eigen"].values, truth, rtol=1e-8)
     assert record.attrs["loss_function"] == "datasets_for_tests:cross_entropy_model_loss"
     assert record.attrs["data_description"].endswith("batch 500")
+
+
+def test_ggn_curvature_and_jacobian_metrics(tmp_path, capsys, model, digits_data):
+    """--curvature ggn gives the dense Jᵀ H_out J spectrum; --metrics jacobian stores per-sample norms and a bound."""
+    from torch.func import functional_call, jacrev
+
+    X, y = digits_data
+    ckpt = tmp_path / "m.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "r.h5"
+    code, stdout, err = run(analyze_args(ckpt, out, "--model", "mlp", "--model-kwargs", f'{{"sizes": {SIZES}}}',
+                                         "--subset", "60", "--metrics", "eigs,jacobian", "--curvature", "ggn",
+                                         "--top-k", "2", "--tol", "1e-10"), capsys)
+    assert code == 0, err
+    record = store.read_results(out)["m"]
+    assert record.attrs["curvature"] == "ggn"
+
+    from landscape.data import load_data
+
+    Xs, ys = load_data("digits", subset=60, seed=0).batches
+    m64 = copy.deepcopy(model).double()
+    params = {k: v.detach() for k, v in m64.named_parameters()}
+    J = jacrev(lambda p: functional_call(m64, p, (Xs.double(),)))(params)
+    Jf = torch.cat([J[k].reshape(len(Xs), 10, -1) for k in params], dim=2)
+    probs = torch.softmax(m64(Xs.double()), 1)
+    ggn = sum(Jf[i].T @ (torch.diag(probs[i]) - torch.outer(probs[i], probs[i])) @ Jf[i] for i in range(len(Xs)))
+    truth = torch.linalg.eigvalsh(ggn / len(Xs)).flip(0)[:2].detach().numpy()
+    np.testing.assert_allclose(record.results["eigen"].values, truth, rtol=1e-8)
+
+    jac = record.results["jacobian"]
+    per_sample = torch.func.vmap(torch.func.jacrev(lambda x: m64(x[None])[0]))(Xs.double())
+    np.testing.assert_allclose(jac.spectral, torch.linalg.matrix_norm(per_sample, 2).detach().numpy(), rtol=1e-10)
+    assert jac.lipschitz_upper >= jac.spectral_max
+    assert "|J|_2 max" in stdout

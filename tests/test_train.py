@@ -155,3 +155,29 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--lr", "0.2", "--resume"]) == 2
     assert "lr" in capsys.readouterr().err
+
+
+def test_tracker_records_ggn_lambda_max_and_jacobian_norms_exactly():
+    from landscape import GGNOperator, jacobian_norms
+    from landscape.models import mlp
+    from landscape.tracking import CurvatureTracker, TrackerSettings
+
+    X, y = digits("train")
+    X, y = X[:200].double(), y[:200]
+    torch.manual_seed(0)
+    model = mlp((64, 12, 10)).double()
+    settings = TrackerSettings(tol=1e-10, trace_matvecs=0, also_lambda_max=("ggn",), jacobian=True)
+    record = CurvatureTracker(F.cross_entropy, (X, y), settings=settings).measure(model, 0)
+    cold = lanczos(GGNOperator(model, F.cross_entropy, (X, y)), 1, tol=1e-12, seed=9).values[0]
+    assert record["lambda_max_ggn"] == pytest.approx(cold, rel=1e-8)
+    norms = jacobian_norms(model, (X, y))
+    assert record["jacobian_max"] == pytest.approx(norms.spectral_max, rel=1e-10)
+    assert record["jacobian_mean"] == pytest.approx(norms.spectral_mean, rel=1e-10)
+
+
+def test_unknown_curvature_is_refused(tmp_path, capsys):
+    args = ["train", "--model", "chebyshev", "--data", "chebyshev", "--loss", "squared", "--steps", "5",
+            "--track-also", "hessian,bogus", "--quiet", "-o", str(tmp_path / "r.h5")]
+    assert main(args) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert not (tmp_path / "r.h5").exists()
