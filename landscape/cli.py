@@ -168,11 +168,13 @@ def run_analyze_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def run_info_command(args: argparse.Namespace) -> int:
+    from landscape import store
     from landscape.report import describe, results_table
 
     print(describe(args.file))
-    print()
-    print(results_table(args.file, markdown=args.markdown))
+    if store.read_results(args.file):
+        print()
+        print(results_table(args.file, markdown=args.markdown))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -81,8 +82,9 @@ def describe(path: str | Path) -> str:
              f"  created {root.get('created')}, modified {root.get('modified')}, landscape "
              f"{root.get('landscape_version')}, torch {root.get('torch_version')}, h5py {root.get('h5py_version')}"]
     records = store.read_results(path)
-    if not records:
-        lines.append("  no checkpoints yet")
+    lines.extend(_describe_run(path))
+    if not records and len(lines) == 2:
+        lines.append("  no checkpoints and no training run yet")
     for record in records.values():
         a = record.attrs
         lines.append(f"checkpoints/{record.name}: step {a.get('step', '-')}, {a.get('path')} ({a.get('format')}, "
@@ -96,3 +98,22 @@ def describe(path: str | Path) -> str:
             summary = "; ".join(f"{m}: {_describe_result(r)}" for m, r in results.items())
             lines.append(f"  layers/{layer}: {summary}")
     return "\n".join(lines)
+
+
+def _describe_run(path: str | Path) -> list[str]:
+    """A training run's settings, how it ended, and its first and last curvature records."""
+    try:
+        run = store.read_run(path)
+    except store.StoreError:
+        return []
+    settings = json.loads(run.attrs.get("settings", "{}"))
+    steps = run.tables.get("run", {}).get("step", [])
+    lines = [f"run: {settings.get('optimizer')} lr {settings.get('lr')}, {len(steps)} steps recorded; "
+             f"{run.attrs.get('stop_reason', 'not finished (killed or still running)')}"]
+    curvature = run.tables.get("run/curvature", {})
+    if "lambda_max" in curvature and len(curvature["lambda_max"]):
+        first, last = curvature["lambda_max"][0], curvature["lambda_max"][-1]
+        lines.append(f"  {len(curvature['lambda_max'])} curvature records: lambda_max {first:.4g} at step "
+                     f"{curvature['step'][0]} → {last:.4g} at step {curvature['step'][-1]}; columns "
+                     f"{', '.join(sorted(curvature))}")
+    return lines

@@ -155,6 +155,9 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--lr", "0.2", "--resume"]) == 2
     assert "lr" in capsys.readouterr().err
+    assert main(["info", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "run: sgd lr 0.1, 20 steps recorded; reached 20 steps" in shown and "3 curvature records" in shown
 
 
 def test_tracker_records_ggn_lambda_max_and_jacobian_norms_exactly():

@@ -1,5 +1,6 @@
 """Paper figures from the toolkit's HDF5 files; plotting reads stored results and never recomputes them."""
 
+from landscape.plot.curvature import plot_curvature
 from landscape.plot.sharpening import (
     SharpeningRun,
     load_sharpening_run,
@@ -29,6 +30,7 @@ __all__ = [
     "load_sharpening_run",
     "new_figure",
     "paper_style",
+    "plot_curvature",
     "plot_sharpening",
     "save",
     "stability_threshold",

@@ -1,0 +1,196 @@
+"""Sharpness and the input-output Jacobian over training, drawn from training run files.
+
+:func:`plot_curvature` reads the HDF5 files written by ``landscape train`` (never recomputing anything) and draws
+panels over a shared step axis:
+
+(a) λmax of the loss Hessian (solid) and of the generalized Gauss-Newton matrix (dashed, same colour; runs trained
+    with ``--track-also ggn``), with 2/η dotted in the run's colour;
+(b) the spectral norm ‖∂f(x)/∂x‖₂ of the input-output Jacobian: its mean (solid) and max (dashed) over the training
+    samples (runs trained with ``--track-jacobian``);
+(c) the Hessian trace with its Hutch++ standard error, only when some run recorded it (``--track-trace-matvecs`` > 0).
+
+Progressive sharpening (MacDonald, Valmadre and Lucey 2023) ties the Gauss-Newton part of the Hessian to the layer
+Jacobians, so (a) and (b) rise together during sharpening; at the edge of stability λmax is capped at 2/η and the two
+may part.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+
+from landscape import store
+from landscape.errors import OptionError, StoreError
+from landscape.plot.sharpening import _default_labels, _number, _scale_sharpness, _step_formatter, stability_threshold
+from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["CurvatureRun", "load_curvature_run", "plot_curvature"]
+
+STEP_LABEL = "step (full-batch GD)"
+LAMBDA_LABEL = r"top eigenvalue $\lambda_{\max}$"
+JACOBIAN_LABEL = "input-output Jacobian\n" r"$\|\partial f(x)/\partial x\|_2$ over train set"
+TRACE_LABEL = r"Hessian trace $\mathrm{tr}(H)$"
+
+#: column -> the training option that records it (named in the error when a run lacks the column)
+OPTIONS = {
+    "lambda_max": "--track-every N (N > 0)",
+    "lambda_max_ggn": "--track-also ggn",
+    "jacobian_mean": "--track-jacobian",
+    "jacobian_max": "--track-jacobian",
+}
+
+DASHED = (0, (4, 2))
+DOTTED = (0, (1, 1.5))
+
+
+@dataclass(frozen=True)
+class CurvatureRun:
+    """What the figure needs from one run file (columns of its ``run/curvature`` table; None when not recorded)."""
+
+    path: Path
+    settings: dict[str, Any]
+    steps: np.ndarray
+    lambda_max: np.ndarray
+    lambda_max_ggn: Optional[np.ndarray]
+    jacobian_mean: np.ndarray
+    jacobian_max: np.ndarray
+    trace: Optional[np.ndarray]
+    trace_stderr: Optional[np.ndarray]
+
+    @property
+    def lr(self) -> Optional[float]:
+        lr = self.settings.get("lr")
+        return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
+
+
+def _missing(path: Path, column: str) -> StoreError:
+    return StoreError(f"{path} has no run/curvature/{column} records, which the curvature figure needs; train with "
+                      f"{OPTIONS[column]} to record it")
+
+
+def load_curvature_run(path: PathLike, *, require_ggn: bool = False) -> CurvatureRun:
+    """The curvature records and settings of a run file; :class:`StoreError` naming the missing column and the
+    training option that records it if the run lacks λmax or the Jacobian norms (or the GGN λmax when
+    ``require_ggn``)."""
+    from landscape.plot.sharpening import load_sharpening_run  # the settings and λmax checks, shared
+
+    path = Path(path)
+    base = load_sharpening_run(path)  # StoreError if not a run file or no λmax records (names --track-every)
+    curvature = store.read_run(path).tables["run/curvature"]
+    needed = ["jacobian_mean", "jacobian_max"] + (["lambda_max_ggn"] if require_ggn else [])
+    for column in needed:
+        if column not in curvature or len(curvature[column]) == 0:
+            raise _missing(path, column)
+
+    def column(name: str) -> Optional[np.ndarray]:
+        values = curvature.get(name)
+        return None if values is None or len(values) == 0 else np.asarray(values, dtype=float)
+
+    return CurvatureRun(path, base.settings, base.curvature_steps, base.lambda_max, column("lambda_max_ggn"),
+                        column("jacobian_mean"), column("jacobian_max"), column("trace"), column("trace_stderr"))
+
+
+def plot_curvature(runs: Union[PathLike, Sequence[PathLike]], output: Optional[PathLike], *,
+                   labels: Optional[Sequence[str]] = None, title: Optional[str] = None,
+                   ggn: Optional[bool] = None) -> Figure:
+    """Draw λmax (Hessian and GGN), the Jacobian norms and, when recorded, the trace against the step; save to
+    ``output`` (a path without suffix: ``output.png`` and ``output.pdf``; None writes nothing).
+
+    ``ggn``: None draws the GGN λmax of the runs that recorded it; True requires it of every run (StoreError naming
+    ``--track-also ggn`` otherwise); False leaves it out. Every run needs λmax and the Jacobian norms
+    (``--track-every``, ``--track-jacobian``). The y scales are linear unless the values span more than a factor of
+    30 (then log). Returns the figure (made without pyplot: nothing to close).
+    """
+    paths = [Path(p) for p in ([runs] if isinstance(runs, (str, os.PathLike)) else runs)]
+    if not paths:
+        raise OptionError("plot_curvature needs at least one run file")
+    if labels is not None and len(labels) != len(paths):
+        raise OptionError(f"plot_curvature got {len(labels)} labels for {len(paths)} run files; give one per run")
+    loaded = [load_curvature_run(p, require_ggn=bool(ggn)) for p in paths]
+    labels = list(labels) if labels is not None else _default_labels(loaded)  # type: ignore[arg-type]
+    show_ggn = ggn is not False and any(run.lambda_max_ggn is not None for run in loaded)
+    show_trace = any(run.trace is not None for run in loaded)
+
+    with paper_style():
+        rows = 3 if show_trace else 2
+        fig = new_figure(COLUMN_WIDTH, 1.55 * rows + 0.75)
+        axes = fig.subplots(rows, 1, sharex=True, gridspec_kw={"hspace": 0.12})
+        sharp, jac = axes[0], axes[1]
+        run_handles, lam_values, jac_values, trace_values = [], [], [], []
+        for i, (run, label) in enumerate(zip(loaded, labels)):
+            color = COLORS[i % len(COLORS)]
+            (line,) = sharp.plot(run.steps, run.lambda_max, color=color, label=label, zorder=3)
+            run_handles.append(line)
+            lam_values.extend(run.lambda_max[np.isfinite(run.lambda_max)].tolist())
+            if show_ggn and run.lambda_max_ggn is not None:
+                sharp.plot(run.steps, run.lambda_max_ggn, color=color, linestyle=DASHED, linewidth=0.9,
+                           label=f"{label}: GGN", zorder=4)
+                lam_values.extend(run.lambda_max_ggn[np.isfinite(run.lambda_max_ggn)].tolist())
+            if run.lr is not None:
+                threshold = stability_threshold(run.lr)
+                sharp.axhline(threshold, color=color, linestyle=DOTTED, linewidth=0.9, alpha=0.9,
+                              label=f"2/η = {_number(threshold)}", zorder=2)
+                lam_values.append(threshold)
+            jac.plot(run.steps, run.jacobian_mean, color=color, label=f"{label}: mean", zorder=3)
+            jac.plot(run.steps, run.jacobian_max, color=color, linestyle=DASHED, linewidth=0.9,
+                     label=f"{label}: max", zorder=3)
+            jac_values.extend(v for v in (*run.jacobian_mean, *run.jacobian_max) if np.isfinite(v))
+            if show_trace and run.trace is not None:
+                tr = axes[2]
+                tr.plot(run.steps, run.trace, color=color, label=label, zorder=3)
+                if run.trace_stderr is not None:
+                    tr.fill_between(run.steps, run.trace - run.trace_stderr, run.trace + run.trace_stderr,
+                                    color=color, alpha=0.25, linewidth=0)
+                trace_values.extend(run.trace[np.isfinite(run.trace)].tolist())
+
+        _scale_sharpness(sharp, lam_values)
+        _scale_positive(jac, jac_values)
+        sharp.set_ylabel(LAMBDA_LABEL)
+        jac.set_ylabel(JACOBIAN_LABEL)
+        if show_trace:
+            _scale_positive(axes[2], trace_values)
+            axes[2].set_ylabel(TRACE_LABEL)
+        last = max(float(run.steps.max()) for run in loaded)
+        sharp.set_xlim(0, last if last > 0 else 1)
+        axes[-1].set_xlabel(STEP_LABEL)
+        axes[-1].xaxis.set_major_formatter(FuncFormatter(_step_formatter))
+        for letter, ax in zip("abc", axes):
+            ax.text(0.01, 0.98, f"({letter})", transform=ax.transAxes, ha="left", va="top", fontweight="bold")
+            if ax is not axes[-1]:
+                ax.tick_params(labelbottom=False)
+
+        style = dict(color="0.3")
+        keys = [Line2D([], [], linestyle="-", label="Hessian", **style)]
+        if show_ggn:
+            keys.append(Line2D([], [], linestyle=DASHED, linewidth=0.9, label="GGN", **style))
+        keys.append(Line2D([], [], linestyle=DOTTED, linewidth=0.9, label="2/η", **style))
+        sharp.add_artist(sharp.legend(handles=keys, loc="lower right", ncol=len(keys)))  # kept by the next legend
+        jac.legend(handles=[Line2D([], [], linestyle="-", label="mean", **style),
+                            Line2D([], [], linestyle=DASHED, linewidth=0.9, label="max", **style)],
+                   loc="lower right", ncol=2)
+        sharp.legend(handles=run_handles, labels=labels, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                     ncol=min(len(labels), 4), borderaxespad=0.2, title=title)
+        fig.align_ylabels(list(axes))
+        if output is not None:
+            save(fig, output)
+    return fig
+
+
+def _scale_positive(ax: Any, values: list[float]) -> None:
+    """Log when the positive values span more than a factor of 30, else linear from 0 with headroom for the key."""
+    positive = [v for v in values if v > 0 and np.isfinite(v)]
+    if positive and max(positive) / min(positive) > 30:
+        ax.set_yscale("log")
+        ax.set_ylim(min(positive) / 1.5, max(positive) * 1.5)
+    elif values:
+        top = max(values)
+        ax.set_ylim(min(0.0, min(values)), top * 1.15 if top > 0 else 1.0)

@@ -1,0 +1,300 @@
+"""Do sharpness and the input-output Jacobian norm rise together during progressive sharpening, and part at the edge
+of stability? (MacDonald, Valmadre and Lucey 2023; ALGORITHMS.md)
+
+Their ansatz ties the Gauss-Newton part of the loss Hessian to the layer Jacobians, so while full-batch gradient
+descent sharpens, λmax and ‖∂f(x)/∂x‖ should rise together; once λmax is capped at 2/η (the edge of stability) the
+Jacobian is free to keep changing while λmax stays put.
+
+Three full-batch GD runs (squared loss), set up as in scripts/edge_of_stability.py, each recording λmax of the
+Hessian and of the GGN and the mean and max spectral norm of the input-output Jacobian over the training samples
+(``also_lambda_max=("ggn",)``, ``jacobian=True``, no trace):
+
+* the Chebyshev toy (1 → 100 tanh → 1 on 20 points of T4) at η = 0.2 for 15,000 steps (sharpens, reaches 2/η = 10
+  near step 3,800 and stays at the edge of stability) and at η = 0.05 for 20,000 steps (sharpens all along, far
+  below 2/η = 40), records every 200 steps;
+* the digits MLP 64 → 128 → 128 → 10 (tanh) on a 1000-sample subset at η = 0.1 for 8,000 steps (reaches 2/η = 20
+  within the run), records every 100 steps.
+
+The run files go to --data-dir (a complete run file with the same settings is kept, so a rerun only redraws; --force
+retrains), the figures to --out as sharpening_jacobian_chebyshev.{png,pdf} and sharpening_jacobian_digits.{png,pdf},
+and a table per run gives the Spearman rank correlation ρ between λmax and the mean (and max) Jacobian norm over the
+records before λmax first reaches 0.9·2/η (the sharpening phase) and from then on (the EoS phase; "-" if never
+reached), λmax_GGN/λmax at the first and last record, and two verdicts:
+
+* "rise together" (sharpening phase): ρ(λmax, mean Jacobian norm) > 0.8;
+* "part at EoS": over the EoS phase λmax stays within 5% of 2/η (the mean of each fifth of the phase's records)
+  while the mean Jacobian norm changes by more than 10% (first fifth to last fifth), or ρ falls below 0.5.
+
+About 2 minutes on one CPU core (training dominates: ~1.3 ms a step for the toy, ~4 ms for digits; a record costs
+~5 ms and ~0.1 s); --quick runs short versions (figures with a _quick suffix, verdicts not judged).
+
+    python scripts/sharpening_and_jacobian.py --out figures/ --data-dir /tmp/sj_runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+if __name__ == "__main__" and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch starts its thread pool
+
+import torch  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edge_of_stability import DIGITS_SIZES, DIGITS_SUBSET, TOLERANCE, Experiment, remove_run  # noqa: E402
+
+from landscape import store  # noqa: E402
+from landscape.errors import LandscapeError, LossError  # noqa: E402
+from landscape.report import format_table  # noqa: E402
+
+RISE = 0.8  # "rise together": ρ above this in the sharpening phase
+DROP = 0.5  # "part at EoS": ρ below this in the EoS phase ...
+CHANGE = 0.10  # ... or the Jacobian norm changes by more than this while λmax stays within TOLERANCE of 2/η
+CROSS = 0.9  # the EoS phase starts when λmax first reaches CROSS·2/η
+COMMAND = "scripts/sharpening_and_jacobian.py"
+
+
+def experiments(quick: bool) -> list[Experiment]:
+    """The study's runs ("settle": expected to reach the edge of stability; "rise": expected to stay below it)."""
+    every = 100 if quick else 200
+    digits = {"model": "mlp", "model_kwargs": {"sizes": list(DIGITS_SIZES)}, "data": "digits", "subset": DIGITS_SUBSET}
+    return [
+        Experiment("chebyshev", 0.2, 2000 if quick else 15000, every, "settle"),
+        Experiment("chebyshev", 0.05, 3000 if quick else 20000, every, "rise"),
+        Experiment("digits", 0.1, 1000 if quick else 8000, 50 if quick else 100, "settle", **digits),
+    ]
+
+
+# -- training (as edge_of_stability.py trains, with the GGN λmax and the Jacobian norms recorded) ---------------
+def train_settings(exp: Experiment, seed: int) -> Any:
+    from landscape.tracking import TrackerSettings
+    from landscape.train import TrainSettings
+
+    tracker = TrackerSettings(trace_matvecs=0, also_lambda_max=("ggn",), jacobian=True)
+    return TrainSettings(optimizer="sgd", lr=exp.lr, steps=exp.steps, batch_size=None, track_every=exp.track_every,
+                         tracker=tracker, seed=seed)
+
+
+def build_trainer(exp: Experiment, path: Path, seed: int) -> Any:
+    from landscape.checkpoints import build_model
+    from landscape.data import load_data
+    from landscape.losses import loss_name, resolve_loss
+    from landscape.train import Trainer
+
+    data = load_data(exp.data, split="train", subset=exp.subset, seed=seed)
+    loss = resolve_loss("squared", data.task)
+    torch.manual_seed(seed)
+    model = build_model(exp.model, exp.model_kwargs)
+    attrs = {"command": f"{COMMAND} ({exp.name})", "experiment": exp.name, "model_spec": exp.model,
+             "model_kwargs": exp.model_kwargs, "data": data.spec, "data_description": data.description,
+             "loss_function": loss_name(loss), "num_params": sum(p.numel() for p in model.parameters())}
+    return Trainer(model, loss, data.batches, None, train_settings(exp, seed), output=path, model_spec=exp.model,
+                   model_kwargs=exp.model_kwargs, attrs=attrs)
+
+
+def is_complete(exp: Experiment, path: Path, seed: int) -> tuple[bool, str]:
+    """Whether ``path`` holds a finished run of ``exp`` with this study's settings; else why not."""
+    if not path.exists():
+        return False, "no run file"
+    try:
+        attrs = store.read_run(path).attrs
+        settings = json.loads(attrs.get("settings") or "{}")
+    except (LandscapeError, json.JSONDecodeError) as err:
+        return False, f"unreadable ({err})"
+    if settings != json.loads(json.dumps(train_settings(exp, seed).as_attrs(), default=str)):
+        return False, "different settings"
+    if attrs.get("command") != f"{COMMAND} ({exp.name})" or attrs.get("model_kwargs") != exp.model_kwargs:
+        return False, "a different experiment"
+    reason = str(attrs.get("stop_reason", ""))
+    if not reason:
+        return False, "unfinished (killed?)"
+    if attrs.get("final_step") != exp.steps and "diverged" not in reason:
+        return False, f"stopped early: {reason}"
+    return True, reason
+
+
+def train(exp: Experiment, path: Path, seed: int, force: bool, log: Callable[[str], None]) -> None:
+    complete, why = is_complete(exp, path, seed)
+    if complete and not force:
+        log(f"  {exp.name:18s} kept      {path}  ({why})")
+        return
+    if path.exists():
+        log(f"  {exp.name:18s} retrain   {path}  ({'--force' if complete else why})")
+        remove_run(path)
+    start = time.perf_counter()
+    try:
+        outcome = build_trainer(exp, path, seed).run(progress=False).stop_reason
+    except LossError as err:  # the records up to the divergence are in the file
+        outcome = f"diverged: {err}"
+    seconds = store.read_run(path).tables["run/curvature"]["seconds"]
+    log(f"  {exp.name:18s} trained   {path}  {exp.steps} steps in {time.perf_counter() - start:.1f} s, "
+        f"{len(seconds)} records at {1000 * float(np.mean(seconds)):.0f} ms each ({outcome})")
+
+
+# -- the analysis -----------------------------------------------------------------------------------------------
+def spearman(x: np.ndarray, y: np.ndarray) -> Optional[float]:
+    """Spearman's rank correlation; None with fewer than 4 records (or a constant series)."""
+    if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
+@dataclass(frozen=True)
+class Summary:
+    exp: Experiment
+    threshold: float
+    first_cross: Optional[int]
+    records: tuple[int, int]  # records in the sharpening and EoS phases
+    rho_sharp: tuple[Optional[float], Optional[float]]  # ρ(λmax, mean J), ρ(λmax, max J) before the crossing
+    rho_eos: tuple[Optional[float], Optional[float]]
+    lam_range: tuple[float, float]  # λmax at the first and last record
+    jac_range: tuple[float, float]  # mean Jacobian norm at the first and last record
+    ggn_ratio: tuple[float, float]  # λmax_GGN / λmax at the first and last record
+    eos_lambda_spread: Optional[float]  # max |mean of a fifth of the EoS records / (2/η) − 1|
+    eos_jacobian_change: Optional[float]  # mean J over the last fifth of the EoS records / over the first − 1
+    rise: str
+    part: str
+
+
+def fifths(values: np.ndarray) -> list[float]:
+    return [float(np.mean(chunk)) for chunk in np.array_split(values, min(5, len(values))) if len(chunk)]
+
+
+def summarize(exp: Experiment, path: Path, judge: bool) -> Summary:
+    c = store.read_run(path).tables["run/curvature"]
+    steps = np.asarray(c["step"])
+    lam, ggn = np.asarray(c["lambda_max"], float), np.asarray(c["lambda_max_ggn"], float)
+    jmean, jmax = np.asarray(c["jacobian_mean"], float), np.asarray(c["jacobian_max"], float)
+    threshold = 2.0 / exp.lr
+    crossed = np.nonzero(lam >= CROSS * threshold)[0]
+    cut = int(crossed[0]) if len(crossed) else len(lam)
+    sharp, eos = slice(0, cut), slice(cut, None)
+    rho_sharp = (spearman(lam[sharp], jmean[sharp]), spearman(lam[sharp], jmax[sharp]))
+    rho_eos = (spearman(lam[eos], jmean[eos]), spearman(lam[eos], jmax[eos])) if len(crossed) else (None, None)
+    spread = change = None
+    if len(crossed) and len(lam) - cut >= 5:
+        spread = max(abs(m / threshold - 1) for m in fifths(lam[eos]))
+        jf = fifths(jmean[eos])
+        change = jf[-1] / jf[0] - 1
+    rise = part = "n/a (quick)"
+    if judge:
+        rise = "yes" if rho_sharp[0] is not None and rho_sharp[0] > RISE else "no"
+        if not len(crossed):
+            part = "- (no EoS)"
+        elif spread is None:
+            part = "- (too few EoS records)"
+        else:
+            capped_moving = spread <= TOLERANCE and abs(change) > CHANGE
+            decorrelated = rho_eos[0] is not None and rho_eos[0] < DROP
+            part = "yes" if capped_moving or decorrelated else "no"
+    return Summary(exp, threshold, int(steps[cut]) if len(crossed) else None, (cut, len(lam) - cut), rho_sharp,
+                   rho_eos, (float(lam[0]), float(lam[-1])), (float(jmean[0]), float(jmean[-1])),
+                   (float(ggn[0] / lam[0]), float(ggn[-1] / lam[-1])), spread, change, rise, part)
+
+
+def _rho(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def table(summaries: list[Summary], markdown: bool = False) -> str:
+    headers = ["run", "2/η", "first step ≥ 0.9·2/η", "records sharp/EoS", "λmax first→last", "mean |J| first→last",
+               "ρ(λ, mean|J|) sharp", "ρ(λ, max|J|) sharp", "ρ(λ, mean|J|) EoS", "ρ(λ, max|J|) EoS",
+               "GGN/H λmax first→last", "EoS: λmax spread", "EoS: Δ mean|J|", "rise together", "part at EoS"]
+    rows = [[s.exp.name, f"{s.threshold:.4g}", "-" if s.first_cross is None else f"{s.first_cross:,}",
+             f"{s.records[0]}/{s.records[1]}", f"{s.lam_range[0]:.3g}→{s.lam_range[1]:.3g}",
+             f"{s.jac_range[0]:.3g}→{s.jac_range[1]:.3g}", _rho(s.rho_sharp[0]), _rho(s.rho_sharp[1]),
+             _rho(s.rho_eos[0]), _rho(s.rho_eos[1]), f"{s.ggn_ratio[0]:.3f}→{s.ggn_ratio[1]:.3f}",
+             "-" if s.eos_lambda_spread is None else f"{s.eos_lambda_spread:.1%}",
+             "-" if s.eos_jacobian_change is None else f"{s.eos_jacobian_change:+.0%}", s.rise, s.part]
+            for s in summaries]
+    return format_table(headers, rows, markdown=markdown)
+
+
+def legend() -> str:
+    return (f"ρ: Spearman rank correlation over the records before λmax first reaches {CROSS}·2/η (sharp) and from "
+            f"then on (EoS).\nrise together: ρ(λ, mean|J|) sharp > {RISE}.  part at EoS: λmax spread (the largest "
+            f"gap to 2/η of the mean of a fifth of the EoS records) ≤ {TOLERANCE:.0%} while mean|J| changes by more "
+            f"than {CHANGE:.0%} from the first to the last fifth, or ρ(λ, mean|J|) EoS < {DROP}.")
+
+
+# -- main -------------------------------------------------------------------------------------------------------
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Progressive sharpening and the input-output Jacobian: train the Chebyshev toy and the digits "
+        "MLP with full-batch GD, track λmax (Hessian and GGN) and the Jacobian norms, draw the figures and correlate "
+        "them before and after the edge of stability.", epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="figures", metavar="DIR", help="folder for the figures (default: figures/)")
+    parser.add_argument("--data-dir", default="/tmp/sj_runs", metavar="DIR",
+                        help="folder for the HDF5 run files (default: /tmp/sj_runs)")
+    parser.add_argument("--quick", action="store_true", help="short runs (a smoke test; figures get a _quick suffix "
+                        "and the verdicts are not judged)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the subset (default: 0)")
+    parser.add_argument("--force", action="store_true", help="retrain even when a complete run file exists")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    from landscape.plot import plot_curvature
+
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1)  # numpy's BLAS too (Lanczos calls eigh between products)
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
+    start = time.perf_counter()
+    data_dir, out = Path(args.data_dir), Path(args.out)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    runs = experiments(args.quick)
+    paths = {e.name: data_dir / e.filename(args.seed) for e in runs}
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    log(f"training {len(runs)} runs ({'quick' if args.quick else 'full'}) into {data_dir}/")
+    failed = []
+    for exp in runs:
+        try:
+            train(exp, paths[exp.name], args.seed, args.force, log)
+        except LandscapeError as err:
+            log(f"  {exp.name}: error: {err}")
+            failed.append(exp)
+
+    suffix = "_quick" if args.quick else ""
+    summaries = []
+    for family in ("chebyshev", "digits"):
+        group = [e for e in runs if e.family == family and e not in failed]
+        if not group:
+            continue
+        written = out / f"sharpening_jacobian_{family}{suffix}"
+        plot_curvature([paths[e.name] for e in group], written, labels=[f"{family} η = {e.lr:g}" for e in group],
+                       ggn=True)
+        log(f"figure: {written}.png, {written}.pdf")
+        summaries.extend(summarize(e, paths[e.name], judge=not args.quick) for e in group)
+
+    print()
+    print(table(summaries, markdown=args.markdown))
+    print(legend())
+    if not args.quick:
+        for s in summaries:
+            print(f"{s.exp.name}: rise together during sharpening: {s.rise}; part at the edge of stability: {s.part}")
+    print(f"total time {time.perf_counter() - start:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
