@@ -17,16 +17,17 @@ Hessian and of the GGN and the mean and max spectral norm of the input-output Ja
 
 The run files go to --data-dir (a complete run file with the same settings is kept, so a rerun only redraws; --force
 retrains), the figures to --out as sharpening_jacobian_chebyshev.{png,pdf} and sharpening_jacobian_digits.{png,pdf},
-and a table per run gives the Spearman rank correlation ρ between λmax and the mean (and max) Jacobian norm over the
+and two tables (a row per run) give the Spearman rank correlation ρ between λmax and the mean (and max) Jacobian norm over the
 records before λmax first reaches 0.9·2/η (the sharpening phase) and from then on (the EoS phase; "-" if never
 reached), λmax_GGN/λmax at the first and last record, and two verdicts:
 
 * "rise together" (sharpening phase): ρ(λmax, mean Jacobian norm) > 0.8;
-* "part at EoS": over the EoS phase λmax stays within 5% of 2/η (the mean of each fifth of the phase's records)
-  while the mean Jacobian norm changes by more than 10% (first fifth to last fifth), or ρ falls below 0.5.
+* "part at EoS": from λmax's first record within 5% of 2/η to the end (the capped stretch) λmax stays within 5% of
+  2/η (the mean of each fifth of the records) while the mean Jacobian norm changes by more than 10% (first fifth to
+  last fifth), or ρ over the EoS phase falls below 0.5.
 
-About 2 minutes on one CPU core (training dominates: ~1.3 ms a step for the toy, ~4 ms for digits; a record costs
-~5 ms and ~0.1 s); --quick runs short versions (figures with a _quick suffix, verdicts not judged).
+About 75 s on one CPU core (training dominates: ~1.3 ms a step for the toy, ~3.4 ms for digits; a record costs ~6 ms
+for the toy and ~70 ms for digits); --quick runs short versions (figures with a _quick suffix, verdicts not judged).
 
     python scripts/sharpening_and_jacobian.py --out figures/ --data-dir /tmp/sj_runs
 """
@@ -153,24 +154,28 @@ def spearman(x: np.ndarray, y: np.ndarray) -> Optional[float]:
 class Summary:
     exp: Experiment
     threshold: float
-    first_cross: Optional[int]
+    first_cross: Optional[int]  # first step with λmax ≥ CROSS·2/η
     records: tuple[int, int]  # records in the sharpening and EoS phases
-    rho_sharp: tuple[Optional[float], Optional[float]]  # ρ(λmax, mean J), ρ(λmax, max J) before the crossing
-    rho_eos: tuple[Optional[float], Optional[float]]
-    lam_range: tuple[float, float]  # λmax at the first and last record
-    jac_range: tuple[float, float]  # mean Jacobian norm at the first and last record
+    lam_sharp: tuple[float, float]  # λmax at the first and the last record of the sharpening phase
+    jac_sharp: tuple[float, float]  # mean Jacobian norm at the same records
+    rho_sharp: tuple[Optional[float], Optional[float]]  # ρ(λmax, mean |J|), ρ(λmax, max |J|) in the sharpening phase
+    rho_eos: tuple[Optional[float], Optional[float]]  # the same in the EoS phase
     ggn_ratio: tuple[float, float]  # λmax_GGN / λmax at the first and last record
-    eos_lambda_spread: Optional[float]  # max |mean of a fifth of the EoS records / (2/η) − 1|
-    eos_jacobian_change: Optional[float]  # mean J over the last fifth of the EoS records / over the first − 1
+    capped_from: Optional[int]  # first step with λmax ≥ (1 − TOLERANCE)·2/η
+    capped_spread: Optional[float]  # from then on: the largest |mean of a fifth of the records / (2/η) − 1|
+    capped_change: tuple[Optional[float], Optional[float]]  # mean and max |J|: last fifth / first fifth − 1
     rise: str
     part: str
 
 
 def fifths(values: np.ndarray) -> list[float]:
-    return [float(np.mean(chunk)) for chunk in np.array_split(values, min(5, len(values))) if len(chunk)]
+    """The means of the five consecutive fifths of ``values`` (fewer with fewer than five values)."""
+    return [float(np.mean(chunk)) for chunk in np.array_split(values, min(5, len(values)))]
 
 
 def summarize(exp: Experiment, path: Path, judge: bool) -> Summary:
+    """The phases of one run (sharpening: before λmax first reaches CROSS·2/η; EoS: from then on), the correlations
+    in each, and the verdicts (``judge`` False: "n/a")."""
     c = store.read_run(path).tables["run/curvature"]
     steps = np.asarray(c["step"])
     lam, ggn = np.asarray(c["lambda_max"], float), np.asarray(c["lambda_max_ggn"], float)
@@ -180,51 +185,67 @@ def summarize(exp: Experiment, path: Path, judge: bool) -> Summary:
     cut = int(crossed[0]) if len(crossed) else len(lam)
     sharp, eos = slice(0, cut), slice(cut, None)
     rho_sharp = (spearman(lam[sharp], jmean[sharp]), spearman(lam[sharp], jmax[sharp]))
-    rho_eos = (spearman(lam[eos], jmean[eos]), spearman(lam[eos], jmax[eos])) if len(crossed) else (None, None)
-    spread = change = None
-    if len(crossed) and len(lam) - cut >= 5:
-        spread = max(abs(m / threshold - 1) for m in fifths(lam[eos]))
-        jf = fifths(jmean[eos])
-        change = jf[-1] / jf[0] - 1
+    rho_eos = (spearman(lam[eos], jmean[eos]), spearman(lam[eos], jmax[eos]))
+    last = max(cut - 1, 0)
+    # the capped stretch: from λmax's first record within TOLERANCE of 2/η to the end
+    capped = np.nonzero(lam >= (1 - TOLERANCE) * threshold)[0]
+    capped_from = spread = None
+    change: tuple[Optional[float], Optional[float]] = (None, None)
+    if len(capped) and len(lam) - capped[0] >= 5:
+        tail = slice(int(capped[0]), None)
+        capped_from = int(steps[capped[0]])
+        spread = max(abs(m / threshold - 1) for m in fifths(lam[tail]))
+        change = tuple(fifths(j[tail])[-1] / fifths(j[tail])[0] - 1 for j in (jmean, jmax))  # type: ignore[assignment]
     rise = part = "n/a (quick)"
     if judge:
         rise = "yes" if rho_sharp[0] is not None and rho_sharp[0] > RISE else "no"
         if not len(crossed):
             part = "- (no EoS)"
         elif spread is None:
-            part = "- (too few EoS records)"
+            part = "- (too few capped records)"
         else:
-            capped_moving = spread <= TOLERANCE and abs(change) > CHANGE
+            capped_moving = spread <= TOLERANCE and abs(change[0]) > CHANGE  # type: ignore[arg-type]
             decorrelated = rho_eos[0] is not None and rho_eos[0] < DROP
             part = "yes" if capped_moving or decorrelated else "no"
-    return Summary(exp, threshold, int(steps[cut]) if len(crossed) else None, (cut, len(lam) - cut), rho_sharp,
-                   rho_eos, (float(lam[0]), float(lam[-1])), (float(jmean[0]), float(jmean[-1])),
-                   (float(ggn[0] / lam[0]), float(ggn[-1] / lam[-1])), spread, change, rise, part)
+    return Summary(exp, threshold, int(steps[cut]) if len(crossed) else None, (cut, len(lam) - cut),
+                   (float(lam[0]), float(lam[last])), (float(jmean[0]), float(jmean[last])), rho_sharp, rho_eos,
+                   (float(ggn[0] / lam[0]), float(ggn[-1] / lam[-1])), capped_from, spread, change, rise, part)
 
 
 def _rho(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:+.2f}"
 
 
-def table(summaries: list[Summary], markdown: bool = False) -> str:
-    headers = ["run", "2/η", "first step ≥ 0.9·2/η", "records sharp/EoS", "λmax first→last", "mean |J| first→last",
-               "ρ(λ, mean|J|) sharp", "ρ(λ, max|J|) sharp", "ρ(λ, mean|J|) EoS", "ρ(λ, max|J|) EoS",
-               "GGN/H λmax first→last", "EoS: λmax spread", "EoS: Δ mean|J|", "rise together", "part at EoS"]
-    rows = [[s.exp.name, f"{s.threshold:.4g}", "-" if s.first_cross is None else f"{s.first_cross:,}",
-             f"{s.records[0]}/{s.records[1]}", f"{s.lam_range[0]:.3g}→{s.lam_range[1]:.3g}",
-             f"{s.jac_range[0]:.3g}→{s.jac_range[1]:.3g}", _rho(s.rho_sharp[0]), _rho(s.rho_sharp[1]),
-             _rho(s.rho_eos[0]), _rho(s.rho_eos[1]), f"{s.ggn_ratio[0]:.3f}→{s.ggn_ratio[1]:.3f}",
-             "-" if s.eos_lambda_spread is None else f"{s.eos_lambda_spread:.1%}",
-             "-" if s.eos_jacobian_change is None else f"{s.eos_jacobian_change:+.0%}", s.rise, s.part]
-            for s in summaries]
-    return format_table(headers, rows, markdown=markdown)
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def tables(summaries: list[Summary], markdown: bool = False) -> str:
+    """Two tables: the sharpening phase, and the edge-of-stability phase with its capped stretch."""
+    sharp = format_table(
+        ["run", "2/η", "records", "λmax first→last", "mean|J| first→last", "ρ(λ, mean|J|)", "ρ(λ, max|J|)",
+         "GGN/Hessian λmax, run start→end", "rise together"],
+        [[s.exp.name, f"{s.threshold:.4g}", str(s.records[0]), f"{s.lam_sharp[0]:.3f}→{s.lam_sharp[1]:.3f}",
+          f"{s.jac_sharp[0]:.3g}→{s.jac_sharp[1]:.3g}", _rho(s.rho_sharp[0]), _rho(s.rho_sharp[1]),
+          f"{s.ggn_ratio[0]:.3f}→{s.ggn_ratio[1]:.3f}", s.rise] for s in summaries], markdown=markdown)
+    eos = format_table(
+        ["run", "first step ≥ 0.9·2/η", "records", "ρ(λ, mean|J|)", "ρ(λ, max|J|)", "capped from step (≥ 0.95·2/η)",
+         "λmax spread", "Δ mean|J|", "Δ max|J|", "part at EoS"],
+        [[s.exp.name, "-" if s.first_cross is None else f"{s.first_cross:,}", str(s.records[1]),
+          _rho(s.rho_eos[0]), _rho(s.rho_eos[1]), "-" if s.capped_from is None else f"{s.capped_from:,}",
+          "-" if s.capped_spread is None else f"{s.capped_spread:.1%}", _pct(s.capped_change[0]),
+          _pct(s.capped_change[1]), s.part] for s in summaries], markdown=markdown)
+    return (f"Sharpening phase (records before λmax first reaches {CROSS}·2/η):\n{sharp}\n\n"
+            f"Edge-of-stability phase (records from then on):\n{eos}")
 
 
 def legend() -> str:
-    return (f"ρ: Spearman rank correlation over the records before λmax first reaches {CROSS}·2/η (sharp) and from "
-            f"then on (EoS).\nrise together: ρ(λ, mean|J|) sharp > {RISE}.  part at EoS: λmax spread (the largest "
-            f"gap to 2/η of the mean of a fifth of the EoS records) ≤ {TOLERANCE:.0%} while mean|J| changes by more "
-            f"than {CHANGE:.0%} from the first to the last fifth, or ρ(λ, mean|J|) EoS < {DROP}.")
+    return (f"ρ: Spearman rank correlation between λmax and the mean (max) spectral norm |J| of the input-output "
+            f"Jacobian over the phase's records. rise together: ρ(λ, mean|J|) > {RISE} in the sharpening phase.\n"
+            f"Capped stretch: from λmax's first record ≥ {1 - TOLERANCE:g}·2/η to the end; λmax spread: the largest "
+            f"gap to 2/η of the mean λmax of a fifth of its records; Δ|J|: mean over its last fifth / over its first "
+            f"fifth - 1.\npart at EoS: λmax spread ≤ {TOLERANCE:.0%} while |Δ mean|J|| > {CHANGE:.0%}, or "
+            f"ρ(λ, mean|J|) < {DROP} in the EoS phase.")
 
 
 # -- main -------------------------------------------------------------------------------------------------------
@@ -287,7 +308,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         summaries.extend(summarize(e, paths[e.name], judge=not args.quick) for e in group)
 
     print()
-    print(table(summaries, markdown=args.markdown))
+    print(tables(summaries, markdown=args.markdown))
     print(legend())
     if not args.quick:
         for s in summaries:

@@ -28,7 +28,14 @@ from matplotlib.ticker import FuncFormatter
 
 from landscape import store
 from landscape.errors import OptionError, StoreError
-from landscape.plot.sharpening import _default_labels, _number, _scale_sharpness, _step_formatter, stability_threshold
+from landscape.plot.sharpening import (
+    _default_labels,
+    _number,
+    _scale_sharpness,
+    _step_formatter,
+    load_sharpening_run,
+    stability_threshold,
+)
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
 
 PathLike = Union[str, os.PathLike]
@@ -38,7 +45,8 @@ __all__ = ["CurvatureRun", "load_curvature_run", "plot_curvature"]
 STEP_LABEL = "step (full-batch GD)"
 LAMBDA_LABEL = r"top eigenvalue $\lambda_{\max}$"
 JACOBIAN_LABEL = "input-output Jacobian\n" r"$\|\partial f(x)/\partial x\|_2$ over train set"
-TRACE_LABEL = r"Hessian trace $\mathrm{tr}(H)$"
+TRACE_LABEL = "trace of the {matrix}"
+MATRIX_NAMES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher", "empirical-fisher": "empirical Fisher"}
 
 #: column -> the training option that records it (named in the error when a run lacks the column)
 OPTIONS = {
@@ -48,8 +56,9 @@ OPTIONS = {
     "jacobian_max": "--track-jacobian",
 }
 
-DASHED = (0, (4, 2))
-DOTTED = (0, (1, 1.5))
+DASHED = "--"
+DOTTED = ":"
+UNDERLAY = {"linewidth": 2.4, "alpha": 0.35, "solid_capstyle": "butt"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,13 @@ class CurvatureRun:
         lr = self.settings.get("lr")
         return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
 
+    @property
+    def matrix(self) -> str:
+        """The matrix of ``lambda_max`` and ``trace`` (the tracker's ``curvature`` setting; the Hessian by default)."""
+        tracker = self.settings.get("tracker")
+        kind = tracker.get("curvature", "hessian") if isinstance(tracker, dict) else "hessian"
+        return MATRIX_NAMES.get(kind, str(kind))
+
 
 def _missing(path: Path, column: str) -> StoreError:
     return StoreError(f"{path} has no run/curvature/{column} records, which the curvature figure needs; train with "
@@ -81,8 +97,6 @@ def load_curvature_run(path: PathLike, *, require_ggn: bool = False) -> Curvatur
     """The curvature records and settings of a run file; :class:`StoreError` naming the missing column and the
     training option that records it if the run lacks λmax or the Jacobian norms (or the GGN λmax when
     ``require_ggn``)."""
-    from landscape.plot.sharpening import load_sharpening_run  # the settings and λmax checks, shared
-
     path = Path(path)
     base = load_sharpening_run(path)  # StoreError if not a run file or no λmax records (names --track-every)
     curvature = store.read_run(path).tables["run/curvature"]
@@ -119,6 +133,8 @@ def plot_curvature(runs: Union[PathLike, Sequence[PathLike]], output: Optional[P
     labels = list(labels) if labels is not None else _default_labels(loaded)  # type: ignore[arg-type]
     show_ggn = ggn is not False and any(run.lambda_max_ggn is not None for run in loaded)
     show_trace = any(run.trace is not None for run in loaded)
+    matrices = {run.matrix for run in loaded}
+    matrix = matrices.pop() if len(matrices) == 1 else "tracked matrix"
 
     with paper_style():
         rows = 3 if show_trace else 2
@@ -128,10 +144,13 @@ def plot_curvature(runs: Union[PathLike, Sequence[PathLike]], output: Optional[P
         run_handles, lam_values, jac_values, trace_values = [], [], [], []
         for i, (run, label) in enumerate(zip(loaded, labels)):
             color = COLORS[i % len(COLORS)]
-            (line,) = sharp.plot(run.steps, run.lambda_max, color=color, label=label, zorder=3)
-            run_handles.append(line)
+            with_ggn = show_ggn and run.lambda_max_ggn is not None
+            # under a GGN curve the Hessian's is a wide pale band, so the dashes stay visible where the two agree
+            sharp.plot(run.steps, run.lambda_max, color=color, label=f"{label}: {run.matrix}", zorder=3,
+                       **(UNDERLAY if with_ggn else {}))
+            run_handles.append(Line2D([], [], color=color, label=label))
             lam_values.extend(run.lambda_max[np.isfinite(run.lambda_max)].tolist())
-            if show_ggn and run.lambda_max_ggn is not None:
+            if with_ggn:
                 sharp.plot(run.steps, run.lambda_max_ggn, color=color, linestyle=DASHED, linewidth=0.9,
                            label=f"{label}: GGN", zorder=4)
                 lam_values.extend(run.lambda_max_ggn[np.isfinite(run.lambda_max_ggn)].tolist())
@@ -158,7 +177,7 @@ def plot_curvature(runs: Union[PathLike, Sequence[PathLike]], output: Optional[P
         jac.set_ylabel(JACOBIAN_LABEL)
         if show_trace:
             _scale_positive(axes[2], trace_values)
-            axes[2].set_ylabel(TRACE_LABEL)
+            axes[2].set_ylabel(TRACE_LABEL.format(matrix=matrix))
         last = max(float(run.steps.max()) for run in loaded)
         sharp.set_xlim(0, last if last > 0 else 1)
         axes[-1].set_xlabel(STEP_LABEL)
@@ -169,14 +188,14 @@ def plot_curvature(runs: Union[PathLike, Sequence[PathLike]], output: Optional[P
                 ax.tick_params(labelbottom=False)
 
         style = dict(color="0.3")
-        keys = [Line2D([], [], linestyle="-", label="Hessian", **style)]
+        keys = [Line2D([], [], linestyle="-", label=matrix, **style, **(UNDERLAY if show_ggn else {}))]
         if show_ggn:
             keys.append(Line2D([], [], linestyle=DASHED, linewidth=0.9, label="GGN", **style))
         keys.append(Line2D([], [], linestyle=DOTTED, linewidth=0.9, label="2/η", **style))
-        sharp.add_artist(sharp.legend(handles=keys, loc="lower right", ncol=len(keys)))  # kept by the next legend
+        sharp.add_artist(sharp.legend(handles=keys, loc="best", ncol=len(keys)))  # kept by the next legend
         jac.legend(handles=[Line2D([], [], linestyle="-", label="mean", **style),
                             Line2D([], [], linestyle=DASHED, linewidth=0.9, label="max", **style)],
-                   loc="lower right", ncol=2)
+                   loc="best", ncol=2)
         sharp.legend(handles=run_handles, labels=labels, loc="lower center", bbox_to_anchor=(0.5, 1.0),
                      ncol=min(len(labels), 4), borderaxespad=0.2, title=title)
         fig.align_ylabels(list(axes))
