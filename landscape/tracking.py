@@ -99,6 +99,11 @@ class CurvatureTracker:
         record["seconds"] = time.perf_counter() - start
         return {key: value for key, value in record.items() if value is not None}  # no accuracy for regression
 
+    @property
+    def top_vector(self) -> Optional[torch.Tensor]:
+        """The top eigenvector of the latest record's main matrix (flat, in the model's parameter order), or None."""
+        return self.previous.get(self.settings.curvature)
+
     def state_dict(self) -> dict[str, Any]:
         return {"previous": dict(self.previous)}
 

@@ -216,6 +216,12 @@ class Trainer:
             return f"train accuracy {accuracy:.4g} >= target {s.target_accuracy}"
         return None
 
+    def _projection(self) -> float:
+        """⟨θ, v⟩ with v the top eigenvector of the latest curvature record (in the tracker's parameter order)."""
+        v = self.tracker.top_vector
+        theta = torch.cat([p.detach().reshape(-1) for p in self.model.parameters() if p.requires_grad])
+        return float(theta.to(v.dtype) @ v)
+
     def _check_loss(self, value: float) -> None:
         if self.first_loss is None:
             self.first_loss = value
@@ -243,7 +249,10 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.scheduler.step()
                 self.step += 1
-                writer.append("run", {"step": self.step, "loss": loss_value, "lr": lr, "grad_evals": used})
+                row = {"step": self.step, "loss": loss_value, "lr": lr, "grad_evals": used}
+                if self.tracker.top_vector is not None:  # the iterate along the top eigenvector (SAM's bouncing)
+                    row["top_projection"] = self._projection()
+                writer.append("run", row)
                 try:
                     self._check_loss(loss_value)
                 except LossError as err:
