@@ -218,9 +218,9 @@ class Trainer:
 
     def _projection(self) -> float:
         """⟨θ, v⟩ with v the top eigenvector of the latest curvature record (in the tracker's parameter order)."""
-        v = self.tracker.top_vector
-        theta = torch.cat([p.detach().reshape(-1) for p in self.model.parameters() if p.requires_grad])
-        return float(theta.to(v.dtype) @ v)
+        params = [p.detach() for p in self.model.parameters() if p.requires_grad]
+        parts = self.tracker.top_vector.split([p.numel() for p in params])
+        return float(sum((p.reshape(-1).to(v.dtype) @ v) for p, v in zip(params, parts)))
 
     def _check_loss(self, value: float) -> None:
         if self.first_loss is None:

@@ -184,3 +184,17 @@ def test_unknown_curvature_is_refused(tmp_path, capsys):
     assert main(args) == 2
     assert "bogus" in capsys.readouterr().err
     assert not (tmp_path / "r.h5").exists()
+
+
+def test_top_projection_is_the_iterate_along_the_last_recorded_top_eigenvector(tmp_path):
+    out = tmp_path / "run.h5"
+    args = ["train", "--model", "chebyshev", "--data", "chebyshev", "--loss", "squared", "--optimizer", "sam",
+            "--lr", "0.2", "--steps", "15", "--track-every", "10", "--track-trace-matvecs", "0", "--dtype", "float64",
+            "--quiet", "-o", str(out)]
+    assert main(args) == 0
+    rows = store.read_run(out).tables["run"]
+    assert "top_projection" in rows and len(rows["top_projection"]) == 15  # from step 1: step 0 was recorded first
+    state = load_training_state(tmp_path / "run_checkpoints" / "step_15.pt")
+    theta = torch.cat([t.reshape(-1) for t in state["state_dict"].values()])
+    v = state["extra"]["tracker"]["previous"]["hessian"]  # the record at step 10
+    assert rows["top_projection"][-1] == pytest.approx(float(theta @ v), rel=1e-12)
