@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
-from landscape import __version__, cli_train
+from landscape import __version__, cli_compare, cli_plot, cli_surface, cli_train
 from landscape.analysis import CURVATURES
 from landscape.errors import LandscapeError
 from landscape.linalg.trace import METHODS as TRACE_METHODS
@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_analyze_parser(sub)
     cli_train.add_parser(sub)
+    cli_surface.add_parser(sub)
+    cli_compare.add_parser(sub)
+    cli_plot.add_parser(sub)
     info = sub.add_parser("info", help="print what a results file holds",
                           description="Print a results file's versions, and each checkpoint's provenance and results.")
     info.add_argument("file", metavar="FILE", help="an HDF5 file written by landscape")
@@ -188,8 +191,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "analyze":
             return run_analyze_command(args, argv)
-        if args.command == "train":
-            return cli_train.run(args, argv)
+        commands = {"train": cli_train, "surface": cli_surface, "compare": cli_compare, "plot": cli_plot}
+        if args.command in commands:
+            return commands[args.command].run(args, argv)
         if args.command == "info":
             return run_info_command(args)
         return run_demo_command(args)

@@ -14,11 +14,12 @@ HEADERS = ("checkpoint", "step", "loss", "accuracy", "lambda_max", "lambda_k", "
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, markdown: bool = False) -> str:
-    """Aligned columns, or a GitHub markdown table."""
+    """Aligned columns, or a GitHub markdown table (a "|" inside a cell, as in |J|, is escaped)."""
     if markdown:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
+        def line(cells: Sequence[str]) -> str:
+            return "| " + " | ".join(str(cell).replace("|", r"\|") for cell in cells) + " |"
+
+        return "\n".join([line(headers), "|" + "|".join("---" for _ in headers) + "|", *map(line, rows)])
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -1,0 +1,53 @@
+"""`landscape compare`: a flatness table and figure over results and run files (the work is in
+:mod:`landscape.compare` and :mod:`landscape.plot.compare`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+DEFAULT_FIGURE = "compare"
+
+COMPARE_EPILOG = """\
+examples:
+  landscape compare results.h5                       # every analysed checkpoint of one file
+  landscape compare sgd.h5 sam.h5 --markdown         # two training runs: their last curvature records
+  landscape compare results.h5 run.h5 --figure figs/flatness   # writes figs/flatness.png and .pdf
+
+A results file (landscape analyze) gives a row per checkpoint: λmax, the trace ± its standard error and trace/n,
+the largest Jacobian spectral norm, and the loss and accuracy on the analysed split. A run file (landscape train)
+gives a row for its last curvature record, with λmax·η/2 too (η: the run's learning rate; 1 at gradient descent's
+edge of stability). Nothing is recomputed: "-" marks what a file did not record."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="flatness (λmax, trace, Jacobian norm, accuracy) of several checkpoints or runs: a table and a figure",
+        description="Read results files (landscape analyze) and run files (landscape train), print one table row per "
+        "analysed checkpoint and per run (its last curvature record), and draw the flatness measures side by side "
+        "as bar panels (PNG and PDF).",
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="results or run files (HDF5), in the order of the rows")
+    p.add_argument("--markdown", action="store_true", help="print the table as a GitHub markdown table")
+    figure = p.add_mutually_exclusive_group()
+    figure.add_argument("--figure", default=DEFAULT_FIGURE, metavar="PATH", help="the figure's path without "
+                        f"suffix: PATH.png and PATH.pdf are written (default: {DEFAULT_FIGURE}, in the current "
+                        "folder)")
+    figure.add_argument("--no-figure", action="store_true", help="print the table only")
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from landscape.compare import flatness_rows, flatness_table
+    from landscape.plot.compare import plot_flatness
+    from landscape.plot.style import save
+
+    rows = flatness_rows(args.files)
+    print(flatness_table(rows, markdown=args.markdown))
+    if not args.no_figure:
+        figure = plot_flatness(rows, None)
+        written = save(figure, args.figure)
+        print("figure: " + ", ".join(str(path) for path in written))
+    return 0

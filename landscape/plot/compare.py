@@ -1,0 +1,155 @@
+"""Flatness of several checkpoints or runs side by side, drawn from results and run files.
+
+:func:`plot_compare` reads the rows of :func:`landscape.compare.flatness_rows` (never recomputing anything) and draws
+a row of bar panels sharing one vertical axis of checkpoints and runs: the sharpness λmax, the trace per parameter
+with its standard error, the largest input-output Jacobian spectral norm over the training samples, and the test
+accuracy. A panel is left out when no row has its measure; a row without it reads "n/a" in that panel. Bars of the
+same file share a colour; the files are named once in a legend above the panels, or, when each file gives a single
+row, on the vertical axis itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from landscape.compare import RUN_NAME, FlatnessRow, flatness_rows, source_labels
+from landscape.errors import StoreError
+from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["plot_compare", "plot_flatness", "PANELS"]
+
+#: Width of a two-column (full text) figure, used when three or four panels would crowd a single column.
+TEXT_WIDTH = 7.0
+#: Above this many bars per panel, the values are not written next to the bars (they would overlap).
+MAX_VALUE_LABELS = 14
+VALUE_FONTSIZE = 6
+MISSING = "n/a"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One bar panel: the row attribute it shows, its axis label, the attribute of its standard error, and the top of
+    its natural scale when it has one (accuracy: 1), which the axis then always spans."""
+
+    field: str
+    label: str
+    error: Optional[str] = None
+    full_scale: Optional[float] = None
+
+
+PANELS = (
+    Panel("lambda_max", r"sharpness $\lambda_{\max}$"),
+    Panel("trace_per_param", "trace per parameter\n" r"tr$(H)/n$ ± s.e.", "trace_per_param_stderr"),
+    Panel("jacobian_max", "input-output Jacobian\n" r"max$_x\,\|\partial f/\partial x\|_2$"),
+    Panel("test_accuracy", "test accuracy", full_scale=1.0),
+)
+
+
+def plot_compare(paths: Sequence[PathLike], output: Optional[PathLike]) -> Figure:
+    """Read the flatness rows of the results and run files in ``paths`` and draw them (see :func:`plot_flatness`)."""
+    return plot_flatness(flatness_rows(paths), output)
+
+
+def plot_flatness(rows: Sequence[FlatnessRow], output: Optional[PathLike]) -> Figure:
+    """One horizontal-bar panel per measure that some row has, the rows top to bottom in the order given.
+
+    ``output`` is a path without suffix: ``output.png`` and ``output.pdf`` are written (None: nothing is written).
+    :class:`StoreError` when no row has any of the measures. Returns the figure (made without pyplot).
+    """
+    panels = [panel for panel in PANELS if any(_value(row, panel.field) is not None for row in rows)]
+    if not panels:
+        raise StoreError("nothing to plot: no checkpoint or run has λmax, the trace, the Jacobian norm or a test "
+                         "accuracy (analyze with --metrics eigs,trace,jacobian, or train with --track-every N)")
+    sources = list(dict.fromkeys(row.source for row in rows))
+    colors = {source: COLORS[i % len(COLORS)] for i, source in enumerate(sources)}
+    with paper_style():
+        width = COLUMN_WIDTH if len(panels) <= 2 else TEXT_WIDTH
+        fig = new_figure(width, 0.75 + 0.17 * len(rows))
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False, gridspec_kw={"wspace": 0.3})[0]
+        for ax, panel in zip(axes, panels):
+            _bar_panel(ax, rows, panel, [colors[row.source] for row in rows])
+        files = _file_labels(rows)
+        one_row_per_file = len(files) == len(rows)
+        axes[0].set_yticks(range(len(rows)), [_row_label(row, files, one_row_per_file) for row in rows])
+        axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the first row on top, as in the table
+        if not one_row_per_file:
+            _legend(fig, files, colors)
+        if output is not None:
+            save(fig, output)
+    return fig
+
+
+def _value(row: FlatnessRow, field: Optional[str]) -> Optional[float]:
+    return None if field is None else getattr(row, field)
+
+
+def _file_labels(rows: Sequence[FlatnessRow]) -> dict[str, str]:
+    """Each file's short name, with the run's η where the file holds a run."""
+    names = source_labels([row.source for row in rows])
+    lrs = {row.source: row.lr for row in rows if row.lr is not None}
+    return {s: name + (f" (η = {lrs[s]:.4g})" if s in lrs else "") for s, name in names.items()}
+
+
+def _row_label(row: FlatnessRow, files: dict[str, str], with_file: bool) -> str:
+    """The file's label (with the checkpoint's name) when it names the row, else the name within the file (the file
+    then shows through the colour): the checkpoint's name, or "run, step N" for a run's last record."""
+    if with_file:
+        return files[row.source] if row.name == RUN_NAME else f"{files[row.source]}: {row.name}"
+    return f"run, step {row.step}" if row.name == RUN_NAME else row.name
+
+
+def _bar_panel(ax: Any, rows: Sequence[FlatnessRow], panel: Panel, colors: list[str]) -> None:
+    """The bars (error bars where the panel has them), the values next to them, "n/a" where a row lacks it."""
+    values = [_value(row, panel.field) for row in rows]
+    errors = [_value(row, panel.error) for row in rows]
+    for i, (value, error, color) in enumerate(zip(values, errors, colors)):
+        if value is None or not math.isfinite(value):
+            ax.text(0, i, f" {MISSING if value is None else value}", va="center", ha="left",
+                    fontsize=VALUE_FONTSIZE, color="0.45")
+            continue
+        xerr = error if error is not None and math.isfinite(error) else None
+        ax.barh(i, value, height=0.7, color=color, xerr=xerr, error_kw={"elinewidth": 0.7, "capsize": 1.5,
+                                                                          "capthick": 0.7, "ecolor": "0.2"})
+        if len(rows) <= MAX_VALUE_LABELS:
+            _value_label(ax, i, value, xerr or 0.0)
+    ax.set_xlabel(panel.label)
+    ax.axvline(0, color="0.2", linewidth=0.6)
+    _limits(ax, values, errors, panel.full_scale, room=1.4 if len(rows) <= MAX_VALUE_LABELS else 1.05)
+    ax.tick_params(axis="y", length=0)
+    ax.spines["left"].set_visible(False)
+
+
+def _value_label(ax: Any, i: int, value: float, error: float) -> None:
+    """The value just past the bar's end (past its error bar), on the side the bar points to."""
+    end = value + error if value >= 0 else value - error
+    ax.annotate(f"{value:#.3g}", (end, i), xytext=(3 if value >= 0 else -3, 0), textcoords="offset points",
+                va="center", ha="left" if value >= 0 else "right", fontsize=VALUE_FONTSIZE)
+
+
+def _limits(ax: Any, values: list[Optional[float]], errors: list[Optional[float]],
+            full_scale: Optional[float], room: float) -> None:
+    """From 0 (or the most negative bar) to the longest bar or the full scale, times ``room`` (space for the value
+    labels); three ticks at most, so neighbouring panels' tick labels never meet."""
+    drawn = [(v, e or 0.0) for v, e in zip(values, errors) if v is not None and math.isfinite(v)]
+    low = min([v - e for v, e in drawn if v < 0], default=0.0)
+    high = max([abs(v) + e for v, e in drawn] + [full_scale or 0.0]) or 1.0
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=3, steps=[1, 2, 2.5, 5, 10]))
+    if full_scale is not None:
+        ax.set_xticks([0, full_scale / 2, full_scale])
+    ax.set_xlim(low * room, high * room)
+
+
+def _legend(fig: Figure, files: dict[str, str], colors: dict[str, str]) -> None:
+    """One patch per file, above the panels."""
+    handles = [Patch(color=colors[s], label=label) for s, label in files.items()]
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.9), ncol=min(len(handles), 4),
+               borderaxespad=0.0, handlelength=1.0)

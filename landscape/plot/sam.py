@@ -1,0 +1,170 @@
+"""SAM's bouncing across the valley along the sharpest direction, drawn from training run files.
+
+:func:`plot_sam` reads the HDF5 files written by ``landscape train --track-every N`` (never recomputing anything)
+and draws two panels over a shared step axis: the iterate's projection ⟨θ_t, v⟩ on the top Hessian eigenvector v
+(``run/top_projection``, one value per step), and the sharpness λmax of the curvature records. Near a sharp valley
+gradient descent and SAM oscillate along v from one wall to the other (Bartlett, Long and Bousquet 2023), which the
+top panel shows as a zig-zag; several runs (e.g. SGD and SAM) are overlaid.
+
+v is the eigenvector of the latest curvature record, so it changes at every record, and its sign may flip: the
+projection is drawn as one piece per record interval, broken where v changes, and by default each piece minus its
+mean ⟨θ̄, v⟩, i.e. the oscillation about the valley floor between two records, comparable across pieces and runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from landscape import store
+from landscape.errors import OptionError, StoreError
+from landscape.plot.sharpening import LAMBDA_LABEL, _number, _step_formatter
+from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["SamRun", "load_sam_run", "plot_sam", "projection_pieces"]
+
+PROJECTION_LABEL = "along top eigenvector\n" r"$\langle\theta_t, v_1\rangle$"
+CENTERED_LABEL = "along top eigenvector\n" r"$\langle\theta_t - \bar\theta, v_1\rangle$"
+STEP_LABEL = "step"
+#: hyperparameters named in the default labels (the others are left to the run's settings)
+LABELLED_HYPERPARAMETERS = {"rho": "ρ", "sigma": "σ"}
+
+
+@dataclass(frozen=True)
+class SamRun:
+    """What the figure needs from one run file."""
+
+    path: Path
+    settings: dict[str, Any]
+    steps: np.ndarray
+    projection: np.ndarray
+    curvature_steps: np.ndarray
+    lambda_max: np.ndarray
+
+
+def load_sam_run(path: PathLike) -> SamRun:
+    """The per-step projections, the λmax records and the settings of a run file; :class:`StoreError` naming
+    ``--track-every`` when the run has no projections or no curvature records (or is not a run file)."""
+    path = Path(path)
+    record = store.read_run(path)
+    steps_table = record.tables.get("run", {})
+    curvature = record.tables.get("run/curvature", {})
+    if len(steps_table.get("top_projection", ())) == 0:
+        raise StoreError(f"{path} has no run/top_projection (the iterate along the top Hessian eigenvector), which "
+                         "is recorded once curvature tracking has run; train with --track-every N (N > 0)")
+    if len(curvature.get("lambda_max", ())) == 0:
+        raise StoreError(f"{path} has no curvature records (no run/curvature/lambda_max); train with --track-every N "
+                         "(N > 0) to record them")
+    try:
+        settings = json.loads(record.attrs.get("settings") or "{}")
+    except (TypeError, json.JSONDecodeError):
+        raise StoreError(f"{path}: the run's 'settings' attribute is not valid JSON") from None
+    # rows written before the first record hold no projection: top_projection is shorter than step by that many
+    projection = np.asarray(steps_table["top_projection"], dtype=float)
+    steps = np.asarray(steps_table["step"], dtype=float)[len(steps_table["step"]) - len(projection):]
+    return SamRun(path, settings if isinstance(settings, dict) else {}, steps, projection,
+                  np.asarray(curvature["step"], dtype=float), np.asarray(curvature["lambda_max"], dtype=float))
+
+
+def projection_pieces(steps: np.ndarray, values: np.ndarray, record_steps: np.ndarray, *,
+                      center: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``steps`` and ``values`` with a NaN inserted wherever the eigenvector changes, so a line breaks there; with
+    ``center``, each piece minus its mean (the oscillation about the valley floor, whatever v's sign).
+
+    The projection at step s uses the eigenvector of the latest record made before s (a record at step r is taken
+    after the update of step r), so the pieces are the step intervals (r_k, r_{k+1}]."""
+    piece = np.searchsorted(record_steps, steps, side="left")
+    starts = np.flatnonzero(np.diff(piece)) + 1
+    if center:
+        values = np.concatenate([part - part.mean() for part in np.split(values, starts)])
+    return np.insert(steps, starts, np.nan), np.insert(values, starts, np.nan)
+
+
+def _default_labels(runs: Sequence[SamRun]) -> list[str]:
+    """``SAM (ρ = 0.05)``, ``SGD``...; η is added when the runs' rates differ, the file name when labels repeat."""
+    labels = []
+    lrs = {run.settings.get("lr") for run in runs}
+    for run in runs:
+        name = str(run.settings.get("optimizer", run.path.stem)).upper()
+        hyper = run.settings.get("hyperparameters") or {}
+        parts = [f"{symbol} = {_number(hyper[key])}" for key, symbol in LABELLED_HYPERPARAMETERS.items()
+                 if isinstance(hyper.get(key), (int, float))]
+        if len(lrs) > 1 and isinstance(run.settings.get("lr"), (int, float)):
+            parts.append(f"η = {_number(run.settings['lr'])}")
+        labels.append(f"{name} ({', '.join(parts)})" if parts else name)
+    return [f"{label}: {run.path.stem}" if labels.count(label) > 1 else label for label, run in zip(labels, runs)]
+
+
+def plot_sam(runs: Union[PathLike, Sequence[PathLike]], output: Optional[PathLike], *,
+             labels: Optional[Sequence[str]] = None, center: bool = True,
+             window: Optional[tuple[float, float]] = None, title: Optional[str] = None, height: float = 3.4) -> Figure:
+    """Draw the projection on the top eigenvector (top) and λmax (bottom) against the step for each run file; save
+    to ``output`` (a path without suffix: ``output.png`` and ``output.pdf``; None writes nothing).
+
+    Every run needs ``run/top_projection`` and curvature records (``--track-every N``). ``labels``: one per run
+    (default: the optimizer and its ρ, e.g. ``SAM (ρ = 0.05)``). ``center``: draw each record interval's
+    projection minus its mean θ̄ (False: the raw ⟨θ_t, v⟩, whose level jumps where v changes). ``window``: only the
+    steps from ``window[0]`` to ``window[1]``, e.g. the last few dozen, where the per-step zig-zag that a long run
+    draws as a solid band can be seen step by step (pieces are still centred on their full mean). The run with the
+    widest oscillation is drawn lowest, so a calmer run stays visible over it. Returns the figure (made without
+    pyplot: nothing to close).
+    """
+    paths = [Path(p) for p in ([runs] if isinstance(runs, (str, os.PathLike)) else runs)]
+    if not paths:
+        raise OptionError("plot_sam needs at least one run file")
+    if labels is not None and len(labels) != len(paths):
+        raise OptionError(f"plot_sam got {len(labels)} labels for {len(paths)} run files; give one per run")
+    loaded = [load_sam_run(p) for p in paths]
+    labels = list(labels) if labels is not None else _default_labels(loaded)
+    if window is not None and not window[0] < window[1]:
+        raise OptionError(f"plot_sam: window must be (first step, last step) with first < last, got {window}")
+
+    with paper_style():
+        fig = new_figure(COLUMN_WIDTH, height)
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"hspace": 0.1, "height_ratios": [1.3, 1.0]})
+        pieces = [_within(*projection_pieces(run.steps, run.projection, run.curvature_steps, center=center),
+                          window) for run in loaded]
+        spread = [float(np.nanstd(y)) if np.isfinite(y).any() else 0.0 for _, y in pieces]
+        depth = {index: rank for rank, index in enumerate(np.argsort(spread)[::-1])}
+        for i, (run, label, (x, y)) in enumerate(zip(loaded, labels, pieces)):
+            color = COLORS[i % len(COLORS)]
+            top.plot(x, y, color=color, linewidth=0.8, label=label, zorder=3 + depth[i],
+                     rasterized=len(x) > 5000)  # dense per-step curves as an image inside the PDF
+            records, sharpness = _within(run.curvature_steps, run.lambda_max, window)
+            bottom.plot(records, sharpness, color=color, label=label, zorder=3 + depth[i],
+                        marker="o" if len(records) <= 30 else None)
+        last = max(max(float(run.steps.max()), float(run.curvature_steps.max())) for run in loaded)
+        top.set_xlim(window if window is not None else (0, last if last > 0 else 1))
+        top.set_ylabel(CENTERED_LABEL if center else PROJECTION_LABEL)
+        bottom.set_ylabel(LAMBDA_LABEL)
+        bottom.set_xlabel(STEP_LABEL)
+        bottom.xaxis.set_major_formatter(FuncFormatter(_step_formatter))
+        top.tick_params(labelbottom=False)
+        top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 3), borderaxespad=0.2,
+                   title=title)
+        fig.align_ylabels([top, bottom])
+        if output is not None:
+            save(fig, output)
+    return fig
+
+
+def _within(x: np.ndarray, y: np.ndarray, window: Optional[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """The points with ``x`` in ``window`` (all when None), with the NaN breaks between those points."""
+    if window is None:
+        return x, y
+    inside = (x >= window[0]) & (x <= window[1])
+    if not inside.any():
+        return x[inside], y[inside]
+    first, last = np.flatnonzero(inside)[[0, -1]]
+    keep = np.zeros(len(x), dtype=bool)
+    keep[first:last + 1] = inside[first:last + 1] | np.isnan(x[first:last + 1])
+    return x[keep], y[keep]

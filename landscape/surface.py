@@ -1,0 +1,401 @@
+"""Loss surfaces: the loss (and accuracy) on a line or a plane through parameter space (Li et al. 2018).
+
+A surface is ``L(θ₀ + a·d₁ + b·d₂)`` over a grid of ``(a, b)``; :class:`Directions` holds the origin θ₀ and the
+directions d as flat vectors over the model's trainable parameters (``named_parameters()`` order). They come from
+
+- :func:`random_direction`: Gaussian directions, filter-normalized (each slice along dim 0 of every weight tensor
+  scaled to the norm of the same slice of θ₀), layer-normalized (each tensor scaled as a whole) or raw;
+- :func:`eigen_directions`: the top Hessian eigenvectors (Lanczos), unit length;
+- :func:`checkpoint_line` / :func:`checkpoint_plane`: the line through two checkpoints (α = 0 at A, 1 at B) and the
+  plane through three (A at the origin, B at (1, 0), C at (0, 1)).
+
+:func:`evaluate_surface` evaluates the grid without touching the model (``torch.func.functional_call``), row by row,
+over the whole data set with exact batch-size weighting, and resumes a grid whose cells are NaN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from landscape import store
+from landscape.errors import LossError, OptionError, ParameterError
+from landscape.linalg import lanczos
+from landscape.losses import loss_name
+from landscape.operators.batches import checked_batches, move_batch
+from landscape.operators.functional import ModelLoss, call_with, eval_mode, evaluate_loss
+from landscape.operators.hessian import HessianOperator
+from landscape.operators.params import FlatLayout, select_parameters
+from landscape.progress import progress_bar
+
+__all__ = [
+    "Directions",
+    "SurfaceResult",
+    "checkpoint_line",
+    "checkpoint_plane",
+    "eigen_directions",
+    "evaluate_surface",
+    "flat_parameters",
+    "grid_spec",
+    "parse_grid",
+    "random_direction",
+]
+
+KINDS = ("random", "eigen", "line", "plane")
+NORMALIZATIONS = ("filter", "layer", "none")
+BIASES = ("zero", "keep")
+EPS = 1e-10  # Li et al.'s guard against a zero slice of the random direction
+
+
+@dataclass(frozen=True)
+class Directions:
+    """An origin and one or two directions, flat float64 CPU vectors over the trainable parameters, with how they
+    were made (``description``: kind, seed, normalization, biases, eigenvalues; callers may add checkpoints,
+    checkpoint_names, sha256 and data, which the result records)."""
+
+    origin: torch.Tensor
+    directions: tuple[torch.Tensor, ...]
+    description: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.directions) not in (1, 2):
+            raise OptionError(f"a surface needs one or two directions, got {len(self.directions)}")
+        for d in self.directions:
+            if d.shape != self.origin.shape:
+                raise OptionError(f"a direction has {d.numel()} entries but the origin {self.origin.numel()}; both "
+                                  "must cover the same trainable parameters")
+
+    @property
+    def dims(self) -> int:
+        return len(self.directions)
+
+
+@store.register_result_type
+@dataclass(frozen=True)
+class SurfaceResult:
+    """The loss (and accuracy) at ``θ₀ + x[i]·d₁ (+ y[j]·d₂)``: ``loss[i]`` or ``loss[i, j]``.
+
+    ``y`` is empty for a 1-D curve. NaN marks a cell not computed yet (a resumable grid), +inf a cell where the loss
+    is not finite; ``accuracy`` is NaN throughout when the outputs are not class scores with integer labels.
+    ``grid`` / ``grid_y`` are the ``START:STOP:NUM`` specs of the axes; ``kind`` is random, eigen, line or plane;
+    ``normalization`` and ``biases`` apply to random directions, ``eigenvalues`` to eigen directions;
+    ``direction_norms`` are the lengths ‖dᵢ‖; ``checkpoints`` (paths, origin first), ``checkpoint_names`` and
+    ``sha256`` name the files; ``data`` describes the data and ``command`` the command line that made the grid.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    kind: str
+    grid: str
+    direction_norms: list
+    loss_function: str
+    dtype: str
+    seconds: float
+    grid_y: Optional[str] = None
+    normalization: Optional[str] = None
+    biases: Optional[str] = None
+    seed: Optional[int] = None
+    eigenvalues: Optional[list] = None
+    checkpoints: Optional[list] = None
+    checkpoint_names: Optional[list] = None
+    sha256: Optional[list] = None
+    data: Optional[str] = None
+    command: Optional[str] = None
+
+    @property
+    def dims(self) -> int:
+        return 1 if self.y.size == 0 else 2
+
+    @property
+    def missing(self) -> int:
+        """How many cells are still to compute."""
+        return int(np.isnan(self.loss).sum())
+
+
+# -- grids -------------------------------------------------------------------------------------------------------
+def parse_grid(text: str, option: str = "--grid") -> np.ndarray:
+    """``"START:STOP:NUM"`` → NUM evenly spaced values from START to STOP (both included)."""
+    hint = f"{option} takes START:STOP:NUM with START < STOP and NUM >= 2, e.g. -1:1:51; got {text!r}"
+    parts = str(text).split(":")
+    if len(parts) != 3:
+        raise OptionError(hint)
+    try:
+        start, stop, num = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise OptionError(hint) from None
+    if not (math.isfinite(start) and math.isfinite(stop) and start < stop and num >= 2):
+        raise OptionError(hint)
+    return np.linspace(start, stop, num)
+
+
+def grid_spec(values: np.ndarray) -> str:
+    """The ``START:STOP:NUM`` spec of an axis (exact for evenly spaced values)."""
+    values = np.asarray(values, dtype=float)
+    return f"{values[0]:g}:{values[-1]:g}:{len(values)}"
+
+
+# -- directions --------------------------------------------------------------------------------------------------
+def _trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    named = dict(model.named_parameters())
+    return [(name, named[name]) for name in select_parameters(model)]
+
+
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    """The trainable parameters in ``named_parameters()`` order, as one flat float64 CPU vector."""
+    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for _, p in _trainable(model)])
+
+
+def _normalized(d: torch.Tensor, theta: torch.Tensor, normalization: str, biases: str) -> torch.Tensor:
+    """One parameter's slice of a random direction, scaled as Li et al. do (``d ‖θ‖ / (‖d‖ + 1e-10)``)."""
+    if d.ndim < 2:
+        if biases == "zero":
+            return torch.zeros_like(d)
+        return d if normalization == "none" else d * theta.norm() / (d.norm() + EPS)
+    if normalization == "filter":
+        d_rows, t_rows = d.reshape(d.shape[0], -1), theta.reshape(theta.shape[0], -1)
+        scale = t_rows.norm(dim=1) / (d_rows.norm(dim=1) + EPS)
+        return (d_rows * scale[:, None]).reshape(d.shape)
+    if normalization == "layer":
+        return d * theta.norm() / (d.norm() + EPS)
+    return d
+
+
+def random_direction(model: nn.Module, *, seed: int = 0, dims: int = 2, normalization: str = "filter",
+                     biases: str = "zero") -> Directions:
+    """``dims`` Gaussian directions at the model's parameters, drawn in float64 from a generator seeded with
+    ``seed`` and normalized per tensor: ``"filter"`` scales each slice along dim 0 of a tensor with two or more
+    dimensions to the norm of the same slice of θ, ``"layer"`` each such tensor as a whole, ``"none"`` leaves them.
+    One-dimensional tensors (biases, norm scales) are zeroed (``biases="zero"``) or kept, scaled as a whole tensor
+    to θ's norm unless ``normalization="none"``."""
+    if normalization not in NORMALIZATIONS:
+        raise OptionError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+    if biases not in BIASES:
+        raise OptionError(f"--biases must be one of {', '.join(BIASES)}, got {biases!r}")
+    if dims not in (1, 2):
+        raise OptionError(f"--dims must be 1 or 2, got {dims}")
+    params = [p.detach().to("cpu", torch.float64) for _, p in _trainable(model)]
+    gen = torch.Generator().manual_seed(seed)
+    directions = []
+    for _ in range(dims):
+        raw = torch.randn(sum(p.numel() for p in params), generator=gen, dtype=torch.float64)
+        parts = FlatLayout(p.shape for p in params).split(raw)
+        directions.append(torch.cat([_normalized(d, p, normalization, biases).reshape(-1)
+                                     for d, p in zip(parts, params)]))
+    description = {"kind": "random", "seed": seed, "normalization": normalization, "biases": biases}
+    return Directions(flat_parameters(model), tuple(directions), description)
+
+
+def eigen_directions(model: nn.Module, loss: Any, data: Any, k: int = 2, *, dtype: Optional[torch.dtype] = None,
+                     device: Optional[str] = None, seed: int = 0, tol: float = 1e-6,
+                     progress: Optional[bool] = None) -> Directions:
+    """The top ``k`` (1 or 2) eigenvectors of the Hessian of the mean loss over ``data`` (Lanczos, unit length,
+    largest eigenvalue first); the eigenvalues go into the description."""
+    if k not in (1, 2):
+        raise OptionError(f"--dims must be 1 or 2, got {k}")
+    op = HessianOperator(model, loss, data, dtype=dtype, device=device)
+    eig = lanczos(op, k, tol=tol, seed=seed, return_vectors=True, progress=progress)
+    op.release()
+    vectors = tuple(v.detach().to("cpu", torch.float64) for v in eig.vectors)
+    description = {"kind": "eigen", "seed": seed, "eigenvalues": [float(v) for v in eig.values]}
+    return Directions(flat_parameters(model), vectors, description)
+
+
+def checkpoint_line(theta_a: torch.Tensor, theta_b: torch.Tensor) -> Directions:
+    """The line through two flat parameter vectors: origin A, direction B − A (α = 1 at B)."""
+    a, b = _flat(theta_a), _flat(theta_b)
+    _check_same_size(a, b, "B")
+    return Directions(a, (b - a,), {"kind": "line"})
+
+
+def checkpoint_plane(theta_a: torch.Tensor, theta_b: torch.Tensor, theta_c: torch.Tensor) -> Directions:
+    """The plane through three flat parameter vectors: origin A, directions B − A and C − A."""
+    a, b, c = _flat(theta_a), _flat(theta_b), _flat(theta_c)
+    _check_same_size(a, b, "B")
+    _check_same_size(a, c, "C")
+    return Directions(a, (b - a, c - a), {"kind": "plane"})
+
+
+def _flat(theta: torch.Tensor) -> torch.Tensor:
+    return theta.detach().reshape(-1).to("cpu", torch.float64)
+
+
+def _check_same_size(a: torch.Tensor, other: torch.Tensor, name: str) -> None:
+    if a.shape != other.shape:
+        raise ParameterError(f"checkpoint {name} has {other.numel()} trainable parameters but A has {a.numel()}; "
+                             "the checkpoints must share one architecture")
+
+
+# -- evaluation --------------------------------------------------------------------------------------------------
+class _Evaluator:
+    """Mean loss and accuracy over the data at many parameter vectors, the model left untouched."""
+
+    def __init__(self, model: nn.Module, loss: Any, data: Any, *, dtype: torch.dtype, device: torch.device,
+                 vectorize: bool) -> None:
+        self.model, self.loss, self.data = model, loss, data
+        self.dtype, self.device, self.vectorize = dtype, device, vectorize
+        trainable = _trainable(model)
+        self.names = [name for name, _ in trainable]
+        self.layout = FlatLayout(p.shape for _, p in trainable)
+        self.fixed = {name: move_batch(t.detach(), device, dtype)
+                      for name, t in [*model.named_parameters(), *model.named_buffers()] if name not in self.names}
+
+    def __call__(self, thetas: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Loss and accuracy (NaN when not classification) at each row of ``thetas`` (k, n), over all the data."""
+        k = thetas.shape[0]
+        total = torch.zeros(k, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(k, dtype=torch.float64, device=self.device)
+        classified, count = True, 0
+        parts = self.layout.split(thetas)
+        with self._grad_mode(), eval_mode(self.model):
+            for batch, size in checked_batches(self.data):
+                batch = move_batch(batch, self.device, self.dtype)
+                losses, right = self._batch(parts, batch)
+                total += losses.detach().double() * size
+                classified = classified and right is not None
+                if right is not None:
+                    correct += right
+                count += size
+        loss = (total / count).cpu().numpy()
+        accuracy = (correct / count).cpu().numpy() if classified else np.full(k, np.nan)
+        return np.where(np.isnan(loss), np.inf, loss), accuracy
+
+    def _grad_mode(self) -> contextlib.AbstractContextManager:
+        """No autograd, except for a model loss, which may differentiate the model in its inputs."""
+        return contextlib.nullcontext() if isinstance(self.loss, ModelLoss) else torch.no_grad()
+
+    def _state(self, parts: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**self.fixed, **dict(zip(self.names, parts))}
+
+    def _batch(self, parts: tuple[torch.Tensor, ...], batch: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per-point batch-mean losses (k,) and correct counts (k,) or None, at the k points in ``parts``."""
+        k = parts[0].shape[0]
+        if isinstance(self.loss, ModelLoss):
+            values = [evaluate_loss(self.model, self.loss, self._state([p[j] for p in parts]), batch) for j in range(k)]
+            return torch.stack([v.detach() for v in values]), None
+        if self.vectorize:
+            outputs = vmap(lambda *ps: functional_call(self.model, self._state(ps), (batch[0],)))(*parts)
+        else:
+            outputs = [call_with(self.model, self._state([p[j] for p in parts]), batch[0]) for j in range(k)]
+        losses = torch.stack([self.loss(out, batch[1]) for out in outputs])
+        if losses.ndim != 1:
+            raise LossError(f"the loss must return a scalar (the batch mean), got shape {tuple(losses.shape[1:])}")
+        right = [_correct(out, batch[1]) for out in outputs]
+        return losses, (None if right[0] is None else torch.stack(right).double())
+
+
+
+def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> Optional[torch.Tensor]:
+    """The number of correct predictions, or None when the outputs are not class scores for integer labels."""
+    if outputs.ndim != 2 or targets.ndim != 1 or targets.is_floating_point():
+        return None
+    return (outputs.argmax(1) == targets).sum()
+
+
+def _blank(directions: Directions, x: np.ndarray, y: Optional[np.ndarray], loss: Any, dtype: torch.dtype,
+           ) -> SurfaceResult:
+    """A result with every cell NaN, described by the directions."""
+    shape = (len(x),) if y is None else (len(x), len(y))
+    d = directions.description
+    return SurfaceResult(
+        x=np.asarray(x, dtype=float), y=np.zeros(0) if y is None else np.asarray(y, dtype=float),
+        loss=np.full(shape, np.nan), accuracy=np.full(shape, np.nan), kind=d.get("kind", "custom"),
+        grid=grid_spec(x), grid_y=None if y is None else grid_spec(y),
+        direction_norms=[float(v.norm()) for v in directions.directions], loss_function=loss_name(loss),
+        dtype=str(dtype).replace("torch.", ""), seconds=0.0, normalization=d.get("normalization"),
+        biases=d.get("biases"), seed=d.get("seed"), eigenvalues=d.get("eigenvalues"),
+        checkpoints=d.get("checkpoints"), checkpoint_names=d.get("checkpoint_names"), sha256=d.get("sha256"),
+        data=d.get("data"),
+    )
+
+
+#: what must agree between a stored partial grid and the one asked for, to resume it
+_SAME = ("kind", "normalization", "biases", "seed", "checkpoints", "sha256", "loss_function", "dtype", "data")
+
+
+def _check_resumable(existing: SurfaceResult, fresh: SurfaceResult) -> None:
+    """Refuse to mix cells of different surfaces (other grid, directions, checkpoints, loss, data or precision)."""
+    if existing.loss.shape != fresh.loss.shape or not (np.allclose(existing.x, fresh.x)
+                                                      and np.allclose(existing.y, fresh.y)):
+        raise OptionError(f"the stored surface has grid {existing.grid} × {existing.grid_y or '-'}, not "
+                          f"{fresh.grid} × {fresh.grid_y or '-'}; resume with the same --grid, --grid-y and --dims")
+    for name in _SAME:
+        old, new = getattr(existing, name), getattr(fresh, name)
+        if old is not None and new is not None and old != new:
+            raise OptionError(f"the stored surface has {name} {old!r}, not {new!r}; resume with the options it was "
+                              "computed with, or write a new file")
+
+
+def evaluate_surface(
+    model: nn.Module,
+    loss: Any,
+    data: Any,
+    directions: Directions,
+    x: np.ndarray,
+    y: Optional[np.ndarray] = None,
+    *,
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[str] = None,
+    existing: Optional[SurfaceResult] = None,
+    progress: Optional[bool] = None,
+    on_row: Optional[Callable[[SurfaceResult], None]] = None,
+    vectorize: Optional[bool] = None,
+) -> SurfaceResult:
+    """The mean loss and accuracy over ``data`` at ``origin + x[i]·d₁`` (1-D, ``y`` None) or
+    ``origin + x[i]·d₁ + y[j]·d₂`` (2-D), computed row by row (row i: the cells at ``x[i]``).
+
+    The model is never modified: parameters go in through ``torch.func.functional_call``, in eval mode, on
+    ``dtype``/``device`` (default: the model's). ``existing`` resumes a grid: its computed cells are kept and only
+    its NaN cells evaluated (it must describe the same surface: OptionError otherwise). ``on_row(result)`` receives
+    the result so far after each row, so a caller can save partial grids. ``vectorize`` evaluates a row's points in
+    one ``vmap``ped call (default: on CUDA; on CPU a loop over points was faster in our measurements).
+    """
+    if (y is None) != (directions.dims == 1):
+        raise OptionError(f"{directions.dims} direction(s) need {'no --grid-y' if directions.dims == 1 else 'a y grid'}"
+                          "; a 1-D surface takes x only, a 2-D one x and y")
+    first = next(iter(model.parameters()))
+    dtype = dtype or first.dtype
+    device = torch.device(device) if device is not None else first.device
+    evaluator = _Evaluator(model, loss, data, dtype=dtype, device=device,
+                           vectorize=device.type == "cuda" if vectorize is None else vectorize)
+    if directions.origin.numel() != evaluator.layout.numel:
+        raise ParameterError(f"the directions have {directions.origin.numel()} entries but the model has "
+                             f"{evaluator.layout.numel} trainable parameters")
+    result = _blank(directions, x, y, loss, dtype)
+    if existing is not None:
+        _check_resumable(existing, result)
+        result = dataclasses.replace(result, loss=existing.loss.copy(), accuracy=existing.accuracy.copy(),
+                                     seconds=existing.seconds, data=existing.data, command=existing.command)
+    origin = directions.origin.to(device, dtype)
+    vectors = [d.to(device, dtype) for d in directions.directions]
+    loss_grid, accuracy_grid = result.loss.reshape(len(x), -1), result.accuracy.reshape(len(x), -1)
+    seconds, start = result.seconds, time.perf_counter()
+
+    def snapshot() -> SurfaceResult:
+        return dataclasses.replace(result, loss=result.loss.copy(), accuracy=result.accuracy.copy(),
+                                   seconds=seconds + time.perf_counter() - start)
+
+    bar = progress_bar(result.missing, "surface", progress, unit="point")
+    for i in range(len(x)):
+        todo = np.flatnonzero(np.isnan(loss_grid[i]))
+        if todo.size == 0:
+            continue
+        thetas = (origin + float(x[i]) * vectors[0]).expand(todo.size, -1)
+        if y is not None:
+            thetas = thetas + torch.as_tensor(np.asarray(y)[todo], dtype=dtype, device=device)[:, None] * vectors[1]
+        loss_grid[i, todo], accuracy_grid[i, todo] = evaluator(thetas)
+        bar.update(todo.size)
+        if on_row is not None:
+            on_row(snapshot())
+    bar.close()
+    return snapshot()
