@@ -39,7 +39,8 @@ from landscape.operators import (
     ModelLoss,
     jacobian_norms,
 )
-from landscape.store import read_results
+from landscape.store import read_results, read_run
+from landscape.surface import SurfaceResult, evaluate_surface, random_direction
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,11 @@ __all__ = [
     "resolve_loss",
     "ModelLoss",
     "read_results",
+    "read_run",
+    # loss surfaces
+    "random_direction",
+    "evaluate_surface",
+    "SurfaceResult",
     # one-call curvature
     "hessian_eigen",
     "hessian_trace",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from typing import Optional, Sequence
@@ -102,41 +103,39 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--markdown", action="store_true", help="print the summary table as markdown")
     demo = sub.add_parser(
         "demo",
-        help="train a small MLP on scikit-learn's digits and print its Hessian's curvature",
-        description="Train the digits MLP (64-128-128-10, tanh, 200 full-batch Adam steps), then print its top "
-        "Hessian eigenvalues (Lanczos), smallest eigenvalue, trace (Krylov-deflated Hutchinson) and a "
-        "summary of its spectral density (stochastic Lanczos quadrature).",
+        help="the whole toolkit in about a minute: train, track, analyse, compare and draw on digits",
+        description="Train the digits MLP (64-128-128-10, tanh) from one initialisation with SGD, SAM and NSO while "
+        "tracking its curvature; analyse the three minima (top eigenvalues, trace, spectral density, Jacobian "
+        "norms, a 2-D filter-normalized loss surface through each); compare them; write the HDF5 files and every "
+        "figure kind into --out; print the comparison table.",
     )
-    demo.add_argument("--top-k", type=int, default=5, help="number of top eigenvalues (default: 5)")
-    demo.add_argument("--trace-matvecs", type=int, default=99, help="HVP budget of the trace (default: 99)")
-    demo.add_argument("--probes", type=int, default=10, help="SLQ probe vectors (default: 10)")
-    demo.add_argument("--steps", type=int, default=80, help="Lanczos steps per SLQ probe (default: 80)")
-    demo.add_argument("--train-steps", type=int, default=200, help="full-batch Adam steps (default: 200)")
-    demo.add_argument("--seed", type=int, default=0, help="seed for training and every random probe (default: 0)")
-    demo.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="precision of the curvature")
+    demo.add_argument("--out", metavar="DIR", help="output folder (default: a new landscape-demo folder here)")
+    demo.add_argument("--steps", type=int, default=1500, help="training steps per optimizer (default: 1500)")
+    demo.add_argument("--track-every", type=int, default=100, help="curvature record every N steps (default: 100)")
+    demo.add_argument("--grid", default="-1:1:21", help="surface grid per axis, start:stop:points (default: "
+                      "-1:1:21)")
+    demo.add_argument("--density-steps", type=int, default=60, help="Lanczos steps per SLQ probe (default: 60)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the initialisation and every draw (default: 0)")
+    demo.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="precision (default: float32)")
     demo.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from landscape.demo import format_report, run_demo
+    from pathlib import Path
 
-    for name in ("top_k", "trace_matvecs", "probes", "steps", "train_steps"):
+    from landscape.demo import DemoSettings, run_demo
+
+    for name in ("steps", "track_every", "density_steps"):
         if getattr(args, name) < 1:
             raise LandscapeError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    report = run_demo(
-        top_k=args.top_k,
-        trace_matvecs=args.trace_matvecs,
-        num_probes=args.probes,
-        num_steps=args.steps,
-        train_steps=args.train_steps,
-        seed=args.seed,
-        dtype=DTYPES[args.dtype],
-        device=args.device,
-        progress=False if args.quiet else None,
-    )
-    print(format_report(report))
+    settings = DemoSettings(steps=args.steps, track_every=args.track_every, grid=args.grid,
+                            density_steps=args.density_steps, seed=args.seed, dtype=DTYPES[args.dtype],
+                            device=args.device)
+    table, _ = run_demo(Path(args.out) if args.out else None, settings, progress=False if args.quiet else None,
+                        say=lambda line: print(line, file=sys.stderr))
+    print(table)
     return 0
 
 
@@ -181,8 +180,22 @@ def run_info_command(args: argparse.Namespace) -> int:
     return 0
 
 
+GRID_VALUE = re.compile(r"^-?[\d.]+:-?[\d.]+:\d+$")
+
+
+def join_grid_values(argv: Sequence[str]) -> list[str]:
+    """``--grid -1:1:51`` as ``--grid=-1:1:51``: argparse would read a value starting with "-" as an option."""
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1] in ("--grid", "--grid-y") and GRID_VALUE.match(token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = join_grid_values(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

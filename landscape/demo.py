@@ -1,103 +1,142 @@
-"""The main job on a built-in example: train a small MLP on digits, then measure its curvature."""
+"""`landscape demo`: the whole toolkit on an embedded default, in about a minute on a laptop CPU.
+
+From one initialisation, the digits MLP is trained with SGD, SAM and NSO while its curvature is tracked; the three
+minima are analysed (spectrum, trace, Jacobian norms, a 2-D loss surface through each), compared, and drawn. Every
+number lands in HDF5 files and every figure is drawn from them, exactly as the individual commands would.
+"""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
-import numpy as np
 import torch
-from torch import nn
+from torch.nn import functional as F
 
-from landscape.data import digits
-from landscape.linalg import DensityResult, EigenResult, TraceResult, lanczos, spectral_density, trace
+from landscape import store
+from landscape.analysis import AnalysisSettings, analyze
+from landscape.checkpoints import load_checkpoint
+from landscape.compare import flatness_rows, flatness_table
+from landscape.data import load_data
 from landscape.models import mlp
-from landscape.operators.hessian import HessianOperator
+from landscape.plot.compare import plot_compare
+from landscape.plot.curvature import plot_curvature
+from landscape.plot.sam import plot_sam
+from landscape.plot.sharpening import plot_sharpening
+from landscape.plot.spectrum import plot_spectrum
+from landscape.plot.surface import plot_surface
+from landscape.surface import evaluate_surface, parse_grid, random_direction
+from landscape.tracking import TrackerSettings
+from landscape.train import Trainer, TrainSettings
+
+SIZES = (64, 128, 128, 10)
+#: The three optimizers, from the same initialisation and batch order; SAM and NSO spend two gradients per step.
+RECIPES = {"sgd": {}, "sam": {"rho": 0.05}, "nso": {"sigma": 0.01}}
 
 
 @dataclass(frozen=True)
-class DemoReport:
-    """Everything the demo measured, plus the trained model's fit."""
+class DemoSettings:
+    """The demo's knobs; the defaults take about a minute on 2 CPU cores."""
 
-    top: EigenResult
-    bottom: EigenResult
-    trace: TraceResult
-    density: DensityResult
-    train_loss: float
-    train_accuracy: float
-    num_params: int
-    seconds: float
-
-
-def train_digits_mlp(*, steps: int = 200, lr: float = 1e-3, seed: int = 0) -> nn.Module:
-    """The W1 recipe: MLP 64-128-128-10 (tanh), full-batch Adam on the digits training split."""
-    torch.manual_seed(seed)
-    model = mlp((64, 128, 128, 10))
-    X, y = digits("train")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(X), y).backward()
-        opt.step()
-    return model.eval()
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 0.1
+    track_every: int = 100
+    grid: str = "-1:1:21"
+    density_steps: int = 60
+    seed: int = 0
+    dtype: torch.dtype = torch.float32
+    device: Optional[str] = None
 
 
-def run_demo(
-    *,
-    top_k: int = 5,
-    trace_matvecs: int = 99,
-    num_probes: int = 10,
-    num_steps: int = 80,
-    train_steps: int = 200,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    device: Optional[str] = None,
-    progress: Optional[bool] = None,
-) -> DemoReport:
-    """Train the digits MLP, then compute its top eigenpairs, smallest eigenvalue, trace and spectral density."""
+def new_folder(base: str = "landscape-demo") -> Path:
+    """``base``, or ``base-2``, ``base-3``... : a folder that does not exist yet in the current directory."""
+    candidate, n = Path(base), 1
+    while candidate.exists():
+        n += 1
+        candidate = Path(f"{base}-{n}")
+    return candidate
+
+
+def train_all(out: Path, s: DemoSettings, progress: Optional[bool], say: Callable[[str], None]) -> dict[str, Path]:
+    """One tracked run per optimizer; returns the run files (the final minima are copied to ``minimum_<name>.pt``)."""
+    runs = {}
+    data, test = load_data("digits", split="train").batches, load_data("digits", split="test").batches
+    for name, hparams in RECIPES.items():
+        torch.manual_seed(s.seed)  # one initialisation for all
+        settings = TrainSettings(optimizer=name, lr=s.lr, hyperparameters=hparams, steps=s.steps,
+                                 batch_size=s.batch_size, track_every=s.track_every, seed=s.seed,
+                                 tracker=TrackerSettings(trace_matvecs=12, jacobian=True))
+        trainer = Trainer(mlp(SIZES), F.cross_entropy, data, test, settings, output=out / f"train_{name}.h5",
+                          checkpoint_dir=out / f"checkpoints_{name}", model_spec="mlp",
+                          model_kwargs={"sizes": list(SIZES)}, dtype=s.dtype, device=s.device,
+                          attrs={"command": "landscape demo", "model_spec": "mlp", "data": "digits",
+                                 "loss_function": "cross-entropy", "num_params": sum(
+                                     p.numel() for p in mlp(SIZES).parameters())})
+        result = trainer.run(progress=progress)
+        shutil.copyfile(result.checkpoint, out / f"minimum_{name}.pt")
+        runs[name] = out / f"train_{name}.h5"
+        say(f"trained {name}: {result.steps} steps in {result.seconds:.1f} s -> {runs[name]}")
+    return runs
+
+
+def analyse_minima(out: Path, s: DemoSettings, progress: Optional[bool], say: Callable[[str], None]) -> Path:
+    """Spectrum, trace and Jacobian norms of each minimum, then a 2-D filter-normalized surface through it."""
+    minima = [str(out / f"minimum_{name}.pt") for name in RECIPES]
+    results = out / "minima.h5"
+    data = load_data("digits", split="train")
+    settings = AnalysisSettings(metrics=("eigs", "trace", "density", "jacobian"), top_k=5,
+                                density_steps=s.density_steps, dtype=s.dtype, device=s.device, seed=s.seed)
+    analyze(minima, data=data, loss=F.cross_entropy, output=str(results), settings=settings,
+            command="landscape demo", progress=progress)
+    grid = parse_grid(s.grid)
+    for path in minima:
+        checkpoint = load_checkpoint(path)
+        directions = random_direction(checkpoint.model, seed=s.seed, dims=2)
+        surface = evaluate_surface(checkpoint.model, F.cross_entropy, data.batches, directions, grid, grid,
+                                   dtype=s.dtype, device=s.device, progress=progress)
+        with store.update_results(results) as handle:
+            store.write_checkpoint(handle, checkpoint.info.name, {"surface": surface},
+                                   attrs={"path": checkpoint.info.path})
+    say(f"analysed the minima (spectrum, trace, Jacobian norms, {len(grid)}x{len(grid)} surfaces) -> {results}")
+    return results
+
+
+def draw(out: Path, runs: dict[str, Path], results: Path) -> list[Path]:
+    """Every figure kind, from the HDF5 files alone."""
+    figures = out / "figures"
+    paths = list(runs.values())
+    written = []
+    written += _draw_runs(plot_sharpening, paths, figures / "sharpening")
+    written += _draw_runs(plot_curvature, paths, figures / "curvature")
+    written += _draw_runs(plot_sam, [runs["sgd"], runs["sam"]], figures / "sam")
+    for name, call in (("spectrum", lambda o: plot_spectrum(results, o)),
+                       ("surface", lambda o: plot_surface(results, o, checkpoint="minimum_sam")),
+                       ("compare", lambda o: plot_compare([results], o))):
+        call(figures / name)
+        written.append(figures / f"{name}.png")
+    return written
+
+
+def _draw_runs(plot: Callable, paths: list[Path], output: Path) -> list[Path]:
+    """A figure over several run files, labelled by optimizer."""
+    plot(paths, output, labels=[p.stem.replace("train_", "").upper() for p in paths])
+    return [output.with_suffix(".png")]
+
+
+def run_demo(out: Optional[Path] = None, settings: DemoSettings = DemoSettings(), *, progress: Optional[bool] = None,
+             say: Callable[[str], None] = print) -> tuple[str, Path]:
+    """Train, track, analyse, compare and draw; returns the comparison table and the output folder."""
     start = time.perf_counter()
-    model = train_digits_mlp(steps=train_steps, seed=seed)
-    X, y = digits("train")
-    op = HessianOperator(model, nn.functional.cross_entropy, (X, y), dtype=dtype, device=device)
-    with torch.no_grad():
-        out = model(X)
-        loss = float(nn.functional.cross_entropy(out, y))
-        acc = float((out.argmax(1) == y).float().mean())
-    return DemoReport(
-        top=lanczos(op, top_k, seed=seed, progress=progress),
-        bottom=lanczos(op, 1, which="smallest", seed=seed, progress=progress),
-        trace=trace(op, trace_matvecs, seed=seed),
-        density=spectral_density(op, num_probes=num_probes, num_steps=num_steps, seed=seed, progress=progress),
-        train_loss=loss,
-        train_accuracy=acc,
-        num_params=op.shape[0],
-        seconds=time.perf_counter() - start,
-    )
-
-
-def format_report(report: DemoReport) -> str:
-    """A plain-text table of the demo's results."""
-    rows = [("quantity", "value", "how")]
-    rows.append(("parameters", f"{report.num_params}", "MLP 64-128-128-10, tanh, digits train split"))
-    rows.append(("train loss / accuracy", f"{report.train_loss:.4f} / {report.train_accuracy:.3f}", "cross-entropy"))
-    k = len(report.top.values)
-    for i, (value, res) in enumerate(zip(report.top.values, report.top.relative_residuals), 1):
-        cost = f", {report.top.num_matvecs} HVPs for top-{k}" if i == 1 else ""
-        rows.append((f"lambda_{i}", f"{value:.6g}", f"Lanczos, rel. residual {res:.1e}{cost}"))
-    rows.append(("lambda_min", f"{report.bottom.values[0]:.6g}",
-                 f"Lanczos, rel. residual {report.bottom.relative_residuals[0]:.1e}, "
-                 f"{report.bottom.num_matvecs} HVPs"))
-    t = report.trace
-    rows.append(("trace", f"{t.estimate:.5g} ± {t.stderr:.2g}", f"{t.method}, {t.num_matvecs} HVPs"))
-    rows.append(("trace / n", f"{t.normalized:.4g}", "normalized trace"))
-    d = report.density
-    negative = float(np.nansum(np.where(np.nan_to_num(d.nodes) < 0, d.weights, 0.0)) / d.num_probes)
-    rows.append(("spectrum range", f"[{np.nanmin(d.nodes):.4g}, {np.nanmax(d.nodes):.4g}]",
-                 f"SLQ {d.num_probes} probes x {d.num_steps} steps, {d.num_matvecs} HVPs"))
-    rows.append(("negative mass", f"{negative:.3f}", "share of the spectral density below zero"))
-    rows.append(("wall time", f"{report.seconds:.1f} s", "training and analysis"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    out = Path(out) if out is not None else new_folder()
+    out.mkdir(parents=True, exist_ok=True)
+    runs = train_all(out, settings, progress, say)
+    results = analyse_minima(out, settings, progress, say)
+    figures = draw(out, runs, results)
+    table = flatness_table(flatness_rows([*runs.values(), results]))
+    say(f"figures: {', '.join(str(f) for f in figures)} (and PDFs)")
+    say(f"done in {time.perf_counter() - start:.0f} s; everything is in {out}/")
+    return table, out

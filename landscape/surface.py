@@ -360,10 +360,11 @@ def evaluate_surface(
     the result so far after each row, so a caller can save partial grids. ``vectorize`` evaluates a row's points in
     one ``vmap``ped call (default: on CUDA; on CPU a loop over points was faster in our measurements).
     """
-    if (y is None) != (directions.dims == 1):
-        raise OptionError(f"{directions.dims} direction(s) need {'no --grid-y' if directions.dims == 1 else 'a y grid'}"
-                          "; a 1-D surface takes x only, a 2-D one x and y")
-    first = next(iter(model.parameters()))
+    if directions.dims == 1 and y is not None:
+        raise OptionError("one direction makes a 1-D surface: give the x grid only (no y grid, no --grid-y)")
+    if directions.dims == 2 and y is None:
+        raise OptionError("two directions make a 2-D surface: give a y grid too")
+    first = _trainable(model)[0][1]
     dtype = dtype or first.dtype
     device = torch.device(device) if device is not None else first.device
     evaluator = _Evaluator(model, loss, data, dtype=dtype, device=device,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 from landscape.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_DEMO = ["--train-steps", "5", "--trace-matvecs", "9", "--probes", "2", "--steps", "10", "--top-k", "2", "--quiet"]
+TINY_DEMO = ["--steps", "30", "--track-every", "10", "--grid", "-1:1:5", "--density-steps", "10", "--quiet"]
 
 
 def run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -44,7 +43,7 @@ def test_demo_help(entry):
         prefix = PYTHON_M
     proc = run(prefix + ["demo", "--help"])
     assert proc.returncode == 0, proc.stderr
-    for option in ("--top-k", "--trace-matvecs", "--probes", "--steps", "--seed", "--dtype", "--quiet"):
+    for option in ("--out", "--steps", "--track-every", "--grid", "--seed", "--dtype", "--quiet"):
         assert option in proc.stdout
 
 
@@ -61,16 +60,16 @@ def test_version():
     assert landscape.__version__ in proc.stdout
 
 
-def test_top_k_zero_exits_2_naming_it():
-    proc = run(PYTHON_M + ["demo", "--top-k", "0"])
+def test_steps_zero_exits_2_naming_it():
+    proc = run(PYTHON_M + ["demo", "--steps", "0"])
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert lines and "--top-k" in lines[-1], proc.stderr
+    assert lines and "--steps" in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize("option", ["--trace-matvecs", "--probes", "--steps", "--train-steps"])
+@pytest.mark.parametrize("option", ["--steps", "--track-every", "--density-steps"])
 def test_nonpositive_option_returns_2_naming_it(option, capsys):
     assert main(["demo", option, "-1"]) == 2
     captured = capsys.readouterr()
@@ -85,16 +84,24 @@ def test_bad_choice_exits_2(capsys):
     assert "--dtype" in capsys.readouterr().err
 
 
-def test_tiny_demo_prints_table():
-    proc = run(PYTHON_M + ["demo"] + TINY_DEMO, timeout=240)
+@pytest.mark.slow
+def test_tiny_demo_writes_every_file_and_figure(tmp_path):
+    """The demo end to end at a reduced size: three tracked runs, the analysed minima, surfaces, all figures."""
+    from landscape import store
+
+    out = tmp_path / "demo"
+    proc = run(PYTHON_M + ["demo", "--out", str(out)] + TINY_DEMO, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    for word in ("lambda_1", "lambda_2", "lambda_min", "trace", "spectrum range"):
-        assert word in out
-    assert "lambda_3" not in out  # --top-k 2
-    assert "9 HVPs" in out  # --trace-matvecs 9
-    assert "2 probes x 10 steps, 20 HVPs" in out
     assert "Traceback" not in proc.stderr
-    # the eigenvalues in the table are ordered
-    values = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(lambda_\w+)\s+(\S+)", out, re.M)}
-    assert values["lambda_1"] >= values["lambda_2"] > values["lambda_min"]
+    rows = [line.split()[0] for line in proc.stdout.splitlines()[2:]]
+    assert rows == ["train_sgd.h5:run", "train_sam.h5:run", "train_nso.h5:run", "minima.h5:minimum_nso",
+                    "minima.h5:minimum_sam", "minima.h5:minimum_sgd"]
+    for name in ("sgd", "sam", "nso"):
+        run_file = store.read_run(out / f"train_{name}.h5")
+        assert run_file.attrs["final_step"] == 30 and list(run_file.tables["run/curvature"]["step"]) == [0, 10, 20, 30]
+    minima = store.read_results(out / "minima.h5")
+    assert all({"eigen", "trace", "density", "jacobian", "surface"} <= set(r.results) for r in minima.values())
+    assert minima["minimum_sam"].results["surface"].loss.shape == (5, 5)
+    for figure in ("sharpening", "curvature", "sam", "spectrum", "surface", "compare"):
+        for suffix in ("png", "pdf"):
+            assert (out / "figures" / f"{figure}.{suffix}").stat().st_size > 1000, figure

@@ -49,6 +49,7 @@ class SpectrumCheckpoint:
 
 
 def _read_group(handle: Any, name: str, metric: str) -> Optional[Any]:
+    """One result of one checkpoint (None when absent), read alone: other result types need not be registered."""
     group = handle["checkpoints"][name]
     if metric not in group or "result_type" not in group[metric].attrs:
         return None

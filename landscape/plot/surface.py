@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from landscape import store
 from landscape.errors import OptionError, StoreError
@@ -110,9 +110,10 @@ def plot_surface(path: PathLike, output: Optional[PathLike], *, checkpoint: Opti
             fig = new_figure(COLUMN_WIDTH, 2.4)
             _draw_curve(fig.add_subplot(), result, name)
         elif view == "auto":
-            fig = new_figure(2 * COLUMN_WIDTH, 2.9)
-            _draw_contour(fig, fig.add_subplot(1, 2, 1), result, name)
-            _draw_3d(fig.add_subplot(1, 2, 2, projection="3d"), result, name)
+            fig = new_figure(2 * COLUMN_WIDTH, 3.0)
+            grid = fig.add_gridspec(1, 2, width_ratios=(1.0, 1.0), wspace=0.45)
+            _draw_contour(fig, fig.add_subplot(grid[0]), result, name)
+            _draw_3d(fig.add_subplot(grid[1], projection="3d"), result, name)
         elif view == "contour":
             fig = new_figure(COLUMN_WIDTH, 2.9)
             _draw_contour(fig, fig.add_subplot(), result, name)
@@ -180,8 +181,13 @@ def _draw_contour(fig: Figure, ax: Any, result: SurfaceResult, name: str) -> Non
     for (px, py), label in _marks(result, name):
         if result.x[0] <= px <= result.x[-1] and result.y[0] <= py <= result.y[-1]:
             ax.plot([px], [py], **MARKER)
-            ax.annotate(label, (px, py), xytext=(4, 4), textcoords="offset points", fontsize=7, color="white",
-                        fontweight="bold")
+            fx = (px - result.x[0]) / (result.x[-1] - result.x[0])
+            fy = (py - result.y[0]) / (result.y[-1] - result.y[0])
+            # centred above the star, shifted inwards near an edge so the name stays inside the axes
+            ha = "left" if fx < 0.15 else "right" if fx > 0.85 else "center"
+            ax.annotate(label, (px, py), xytext=({"left": 3, "right": -3, "center": 0}[ha], -6 if fy > 0.85 else 6),
+                        textcoords="offset points", ha=ha, va="top" if fy > 0.85 else "bottom", fontsize=7,
+                        color="white", fontweight="bold")
     xlabel, ylabel = axis_labels(result, name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -190,6 +196,8 @@ def _draw_contour(fig: Figure, ax: Any, result: SurfaceResult, name: str) -> Non
     bar.set_label(_loss_label(result))
     if isinstance(norm, LogNorm):
         bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        bar.ax.yaxis.set_minor_locator(NullLocator())
     bar.ax.tick_params(labelsize=7)
     bar.outline.set_linewidth(0.4)
 
@@ -208,8 +216,20 @@ def _draw_3d(ax: Any, result: SurfaceResult, name: str) -> None:
         if np.isfinite(Z[i, j]) and np.isclose(result.x[i], px) and np.isclose(result.y[j], py):
             ax.plot([px], [py], [Z[i, j]], **MARKER)
     xlabel, ylabel = axis_labels(result, name)
-    ax.set_xlabel(xlabel, labelpad=-2)
-    ax.set_ylabel(ylabel, labelpad=-2)
-    ax.set_zlabel(r"$\log_{10}$ " + _loss_label(result) if use_log else _loss_label(result), labelpad=-2)
-    ax.tick_params(pad=-2, labelsize=6)
+    ax.set_xlabel(_two_lines(xlabel), labelpad=0, fontsize=7)
+    ax.set_ylabel(_two_lines(ylabel), labelpad=0, fontsize=7)
+    ax.set_zlabel(r"$\log_{10}$ loss" if use_log else "loss", labelpad=-1, fontsize=7)
+    for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+        axis.set_major_locator(MaxNLocator(4))
+    ax.tick_params(pad=-1, labelsize=6)
     ax.view_init(elev=35, azim=-55)
+
+
+def _two_lines(label: str, width: int = 24) -> str:
+    """A label longer than ``width`` broken before its parenthesis, else at its first space (narrow 3-D axes)."""
+    if len(label) <= width:
+        return label
+    head, sep, tail = label.partition(" (")
+    if not sep:
+        head, sep, tail = label.partition(" ")
+    return f"{head}\n{'(' if sep == ' (' else ''}{tail}" if sep else label
