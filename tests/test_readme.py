@@ -55,6 +55,14 @@ def test_quickstart_then_every_python_example(tmp_path, monkeypatch, capsys):
     assert set(records) == {"ckpt_step100", "ckpt_step200", "ckpt_step300"}
     assert all({"eigen", "trace", "density"} <= set(r.results) for r in records.values())
 
+    proc = subprocess.run(["bash", "-e", "-c", shell_block("figures-example")], cwd=work, env=environment(tmp_path),
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    assert "| source/name |" in proc.stdout  # the markdown comparison table
+    for name in ("compare", "spectrum", "surface", "line"):
+        assert (work / f"{name}.png").stat().st_size > 1000 and (work / f"{name}.pdf").exists(), name
+    assert store.read_results(work / "surface.h5")["ckpt_step300"].results["surface"].loss.shape == (11, 11)
+
     monkeypatch.chdir(work)
     python_blocks = blocks("python")
     assert len(python_blocks) >= 2
