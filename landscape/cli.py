@@ -180,7 +180,7 @@ def run_info_command(args: argparse.Namespace) -> int:
     return 0
 
 
-GRID_VALUE = re.compile(r"^-?[\d.]+:-?[\d.]+:\d+$")
+GRID_VALUE = re.compile(r"^-\.?\d[^\s]*:")  # a grid value that starts with a minus, e.g. -1:1:51
 
 
 def join_grid_values(argv: Sequence[str]) -> list[str]:

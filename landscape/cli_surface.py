@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from landscape import store
 from landscape.cli_train import DTYPES
 from landscape.errors import CheckpointError, OptionError, StoreError
 from landscape.surface import (
@@ -57,13 +57,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=SURFACE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    # "--grid -1:1:51": let values that start with a minus and a digit be values, as Python 3.13's argparse does
-    p._negative_number_matcher = re.compile(r"^-\.?\d")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="the origin; line and plane take the "
                    "second and third points after it")
     p.add_argument("--model", metavar="SPEC", help="architecture for state dicts: a built-in name (mlp, cnn, "
                    "chebyshev) or package.module:factory (default: what the checkpoint records)")
-    p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as a JSON object")
+    p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as a JSON object "
+                   "(default: what the checkpoint records, else none)")
     p.add_argument("--data", required=True, metavar="SPEC", help="a built-in data set (digits, chebyshev, teacher), "
                    "a .npz/.pt/.h5 file with X and y, or package.module:callable")
     p.add_argument("--split", default="train", help="which split of the data: train, test or all (default: train)")
@@ -138,18 +137,16 @@ def _directions(args: argparse.Namespace, checkpoints: list, loss: Any, data: An
     model = checkpoints[0].model
     if args.directions == "random":
         return random_direction(model, seed=args.seed, dims=dims, normalization=args.normalization,
-                                        biases=args.biases)
+                                biases=args.biases)
     if args.directions == "eigen":
-        return eigen_directions(model, loss, data.batches, dims, dtype=dtype, device=args.device,
-                                        seed=args.seed, progress=False if args.quiet else None)
+        return eigen_directions(model, loss, data.batches, dims, dtype=dtype, device=args.device, seed=args.seed,
+                                progress=False if args.quiet else None)
     thetas = [flat_parameters(c.model) for c in checkpoints]
     return checkpoint_line(*thetas) if args.directions == "line" else checkpoint_plane(*thetas)
 
 
 def _stored(output: Path, path: str) -> tuple[Optional[str], Any]:
     """The group name and surface the output already holds for the checkpoint at ``path`` (None, None if none)."""
-    from landscape import store
-
     if not output.exists():
         return None, None
     for name, record in store.read_results(output).items():
@@ -167,7 +164,6 @@ def _checkpoint_attrs(checkpoint: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from landscape import store
     from landscape.analysis import check_pairing
     from landscape.checkpoints import load_checkpoint, parse_model_kwargs
     from landscape.data import load_data

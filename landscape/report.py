@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
 from typing import Any, Optional, Sequence
 
 from landscape import store
@@ -70,6 +72,11 @@ def _describe_result(result: Any) -> str:
         spectral = f"spectral mean {result.spectral_mean:.4g}, max {result.spectral_max:.4g}" \
             if result.spectral is not None else ""
         return f"{result.num_samples} samples ({result.outputs}): {spectral}{bound}"
+    if kind == "SurfaceResult":
+        shape = "×".join(str(n) for n in result.loss.shape)
+        finite = result.loss[np.isfinite(result.loss)]
+        span = f"loss {finite.min():.4g}–{finite.max():.4g}" if finite.size else "nothing computed yet"
+        return f"{result.kind}, {shape} grid, {span}, {result.missing} cells left"
     if kind == "DensityResult":
         return (f"{result.num_probes} probes × {result.num_steps} steps on [{result.grid[0]:.4g}, "
                 f"{result.grid[-1]:.4g}], {len(result.grid)} grid points")
@@ -90,9 +97,10 @@ def describe(path: str | Path) -> str:
         a = record.attrs
         lines.append(f"checkpoints/{record.name}: step {a.get('step', '-')}, {a.get('path')} ({a.get('format')}, "
                      f"sha256 {str(a.get('sha256', ''))[:12]}…)")
-        lines.append(f"  model {a.get('model_spec') or '(in the file)'}, {a.get('num_params')} parameters; "
-                     f"data {a.get('data_description', a.get('data'))}; loss {a.get('loss_function')}; "
-                     f"{a.get('dtype')} on {a.get('device')}, seed {a.get('seed')}")
+        if "data" in a:  # written by analyze (a surface alone keeps its provenance on the result)
+            lines.append(f"  model {a.get('model_spec') or '(in the file)'}, {a.get('num_params')} parameters; "
+                         f"data {a.get('data_description', a.get('data'))}; loss {a.get('loss_function')}; "
+                         f"{a.get('dtype')} on {a.get('device')}, seed {a.get('seed')}")
         for metric, result in record.results.items():
             lines.append(f"  {metric}: {_describe_result(result)}")
         for layer, results in record.layers.items():

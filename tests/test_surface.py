@@ -15,6 +15,7 @@ from torch.nn.utils import vector_to_parameters
 
 from conftest import dense_hessian, make_data, make_mlp, mean_ce
 from landscape import cli_surface, store
+from landscape.cli import join_grid_values
 from landscape.checkpoints import save_checkpoint
 from landscape.errors import OptionError, StoreError
 from landscape.losses import loss_name
@@ -170,6 +171,7 @@ def test_parse_grid():
 def _cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     cli_surface.add_parser(parser.add_subparsers(dest="command"))
+    argv = join_grid_values(argv)  # as landscape.cli.main does: "--grid -1:1:5" is a value, not an option
     return cli_surface.run(parser.parse_args(argv), argv)
 
 
