@@ -42,7 +42,7 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = ["CurvatureRun", "load_curvature_run", "plot_curvature"]
 
-STEP_LABEL = "step (full-batch GD)"
+STEP_LABEL = "step"
 LAMBDA_LABEL = r"top eigenvalue $\lambda_{\max}$"
 JACOBIAN_LABEL = "input-output Jacobian\n" r"$\|\partial f(x)/\partial x\|_2$ over train set"
 TRACE_LABEL = "trace of the {matrix}"

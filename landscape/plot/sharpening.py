@@ -106,7 +106,8 @@ def plot_sharpening(runs: Sequence[PathLike], output: Optional[PathLike], *, lab
     """Draw λmax (top) and the training loss (bottom) against the step for each run file; save to ``output``.
 
     The top panel has one solid line per run and a dashed line at 2/η in the same colour for every run whose stored
-    settings have a learning rate η (the base rate; a schedule is not followed). Its y scale is linear unless the
+    settings have a learning rate η (the base rate; a schedule is not followed), or one grey line when all runs share
+    η. Its y scale is linear unless the
     values span more than a factor of 30. The bottom panel shows the loss of every training step on a log scale.
     ``output`` is a path without suffix: ``output.png`` and ``output.pdf`` are written (None: nothing is written).
     Returns the figure (made without pyplot: nothing to close).
@@ -128,10 +129,11 @@ def plot_sharpening(runs: Sequence[PathLike], output: Optional[PathLike], *, lab
             (line,) = top.plot(run.curvature_steps, run.lambda_max, color=color, label=label, zorder=3)
             run_handles.append(line)
             values.extend(run.lambda_max[np.isfinite(run.lambda_max)].tolist())
-            if run.lr is not None:
+            shared = len({r.lr for r in loaded}) == 1  # one step size for all: one grey 2/η line, drawn once
+            if run.lr is not None and not (shared and i > 0):
                 threshold = stability_threshold(run.lr)
-                dashed = top.axhline(threshold, color=color, linestyle=(0, (4, 2)), linewidth=0.8, alpha=0.9,
-                                     label=f"2/η = {_number(threshold)}", zorder=2)
+                dashed = top.axhline(threshold, color="0.4" if shared else color, linestyle=(0, (4, 2)),
+                                     linewidth=0.8, alpha=0.9, label=f"2/η = {_number(threshold)}", zorder=2)
                 threshold_handles.append(dashed)
                 values.append(threshold)
             keep = np.isfinite(run.loss) & (run.loss > 0)
@@ -159,7 +161,11 @@ def _legend(ax: Any, runs: list[Any], thresholds: list[Any]) -> None:
     """Above the panel, one column per run: "η = 0.1" over "2/η = 20" (matplotlib fills legends column by column).
 
     Outside the axes it never hides a curve or a dashed line; past four runs it goes inside, in two columns."""
-    if len(thresholds) == len(runs) and len(runs) <= 4:
+    if len(thresholds) == 1 and len(runs) <= 4:
+        handles = runs + thresholds
+        ax.legend(handles=handles, labels=[h.get_label() for h in handles], ncol=len(handles), loc="lower center",
+                  bbox_to_anchor=(0.5, 1.0), borderaxespad=0.2)
+    elif len(thresholds) == len(runs) and len(runs) <= 4:
         handles = [h for pair in zip(runs, thresholds) for h in pair]
         ax.legend(handles=handles, labels=[h.get_label() for h in handles], ncol=len(runs), loc="lower center",
                   bbox_to_anchor=(0.5, 1.0), borderaxespad=0.2)
