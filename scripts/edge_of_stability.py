@@ -158,6 +158,23 @@ def remove_run(path: Path) -> None:
     shutil.rmtree(path.with_name(f"{path.stem}_checkpoints"), ignore_errors=True)
 
 
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+def train_runs(runs: list[Experiment], paths: dict[str, Path], seed: int, force: bool,
+               train_one: Callable[..., None]) -> list[Experiment]:
+    """Train every run with ``train_one(exp, path, seed, force, log)``; returns the runs that failed (reported)."""
+    failed = []
+    for exp in runs:
+        try:
+            train_one(exp, paths[exp.name], seed, force, log)
+        except LandscapeError as err:
+            log(f"  {exp.name}: error: {err}")
+            failed.append(exp)
+    return failed
+
+
 def train(exp: Experiment, path: Path, seed: int, force: bool, log: Callable[[str], None]) -> None:
     """Train ``exp`` into ``path`` unless a complete run is already there (or ``force``)."""
     complete, why = is_complete(exp, path, seed)
@@ -267,17 +284,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = [e for e in experiments(args.quick) if args.only in (None, e.family)]
     paths = {e.name: data_dir / e.filename(args.seed) for e in runs}
 
-    def log(text: str) -> None:
-        print(text, flush=True)
-
     log(f"training {len(runs)} runs ({'quick' if args.quick else 'full'}) into {data_dir}/")
-    failed = []
-    for exp in runs:
-        try:
-            train(exp, paths[exp.name], args.seed, args.force, log)
-        except LandscapeError as err:
-            log(f"  {exp.name}: error: {err}")
-            failed.append(exp)
+    failed = train_runs(runs, paths, args.seed, args.force, train)
 
     suffix = "_quick" if args.quick else ""
     titles = {"chebyshev": "eos_chebyshev", "digits": "eos_digits"}

@@ -17,9 +17,9 @@ Hessian and of the GGN and the mean and max spectral norm of the input-output Ja
 
 The run files go to --data-dir (a complete run file with the same settings is kept, so a rerun only redraws; --force
 retrains), the figures to --out as sharpening_jacobian_chebyshev.{png,pdf} and sharpening_jacobian_digits.{png,pdf},
-and two tables (a row per run) give the Spearman rank correlation ρ between λmax and the mean (and max) Jacobian norm over the
-records before λmax first reaches 0.9·2/η (the sharpening phase) and from then on (the EoS phase; "-" if never
-reached), λmax_GGN/λmax at the first and last record, and two verdicts:
+and two tables (a row per run) give the Spearman rank correlation ρ between λmax and the mean (and max) Jacobian
+norm over the records before λmax first reaches 0.9·2/η (the sharpening phase) and from then on (the EoS phase;
+"-" if never reached), λmax_GGN/λmax at the first and last record, and two verdicts:
 
 * "rise together" (sharpening phase): ρ(λmax, mean Jacobian norm) > 0.8;
 * "part at EoS": from λmax's first record within 5% of 2/η to the end (the capped stretch) λmax stays within 5% of
@@ -52,7 +52,15 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edge_of_stability import DIGITS_SIZES, DIGITS_SUBSET, TOLERANCE, Experiment, remove_run  # noqa: E402
+from edge_of_stability import (  # noqa: E402
+    DIGITS_SIZES,
+    DIGITS_SUBSET,
+    TOLERANCE,
+    Experiment,
+    log,
+    remove_run,
+    train_runs,
+)
 
 from landscape import store  # noqa: E402
 from landscape.errors import LandscapeError, LossError  # noqa: E402
@@ -283,17 +291,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = experiments(args.quick)
     paths = {e.name: data_dir / e.filename(args.seed) for e in runs}
 
-    def log(text: str) -> None:
-        print(text, flush=True)
-
     log(f"training {len(runs)} runs ({'quick' if args.quick else 'full'}) into {data_dir}/")
-    failed = []
-    for exp in runs:
-        try:
-            train(exp, paths[exp.name], args.seed, args.force, log)
-        except LandscapeError as err:
-            log(f"  {exp.name}: error: {err}")
-            failed.append(exp)
+    failed = train_runs(runs, paths, args.seed, args.force, train)
 
     suffix = "_quick" if args.quick else ""
     summaries = []
