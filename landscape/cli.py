@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from landscape import __version__, cli_compare, cli_plot, cli_surface, cli_train
 from landscape.analysis import CURVATURES
+from landscape.cli_inputs import add_input_arguments, load_inputs
 from landscape.errors import LandscapeError
 from landscape.linalg.trace import METHODS as TRACE_METHODS
 
@@ -40,19 +41,7 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files, folders or globs")
-    p.add_argument("--model", metavar="SPEC", help="architecture for state dicts: a built-in name (mlp, cnn, "
-                   "chebyshev) or package.module:factory")
-    p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as a JSON "
-                   "object, e.g. '{\"sizes\": [64, 128, 10]}'")
-    p.add_argument("--data", required=True, metavar="SPEC", help="a built-in data set (digits, chebyshev, teacher), "
-                   "a .npz/.pt/.h5 file with X and y, or package.module:callable returning a Dataset or DataLoader")
-    p.add_argument("--split", default="train", help="which split of the data: train, test or all (default: train)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="samples per batch; the Hessian is exact for any "
-                   "batching (default: the whole data set in one batch)")
-    p.add_argument("--subset", type=int, metavar="N", help="a random subset of N samples, chosen with --seed")
-    p.add_argument("--loss", metavar="SPEC", help="cross-entropy, mse, squared (Cohen et al.'s ½‖out − onehot‖²), "
-                   "or package.module:callable taking (model, batch) (default: cross-entropy for integer labels, "
-                   "mse for real targets)")
+    add_input_arguments(p, exact="the Hessian")
     p.add_argument("--metrics", default="eigs,trace,density", help="comma-separated subset of eigs,trace,density,"
                    "jacobian (default: eigs,trace,density); jacobian: per-sample input-output Jacobian norms and, for "
                    "plain feed-forward nets, the product of the layers' spectral norms (a Lipschitz upper bound)")
@@ -79,8 +68,6 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="results.h5", metavar="FILE", help="HDF5 results file; created, or "
                    "added to (default: results.h5)")
     p.add_argument("--resume", action="store_true", help="skip checkpoints whose results the output already holds")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that need arbitrary code to "
-                   "load (pickled objects): only for files you trust")
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
 
@@ -141,9 +128,6 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 def run_analyze_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from landscape.analysis import AnalysisSettings, analyze
-    from landscape.checkpoints import parse_model_kwargs
-    from landscape.data import load_data
-    from landscape.losses import resolve_loss
     from landscape.report import results_table
 
     settings = AnalysisSettings(
@@ -153,9 +137,7 @@ def run_analyze_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         dtype=DTYPES[args.dtype], device=args.device, seed=args.seed, save_vectors=args.save_vectors,
         curvature=args.curvature, jacobian_outputs=args.jacobian_outputs,
     )
-    model_kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else None
-    data = load_data(args.data, split=args.split, batch_size=args.batch_size, subset=args.subset, seed=args.seed)
-    loss = resolve_loss(args.loss, data.task)
+    model_kwargs, data, loss = load_inputs(args)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     summaries = analyze(
         args.checkpoints, data=data, loss=loss, output=args.output, settings=settings, model_spec=args.model,

@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from landscape import store
+from landscape.cli_inputs import add_input_arguments, load_inputs
 from landscape.cli_train import DTYPES
 from landscape.errors import CheckpointError, OptionError, StoreError
 from landscape.surface import (
@@ -59,19 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="the origin; line and plane take the "
                    "second and third points after it")
-    p.add_argument("--model", metavar="SPEC", help="architecture for state dicts: a built-in name (mlp, cnn, "
-                   "chebyshev) or package.module:factory (default: what the checkpoint records)")
-    p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as a JSON object "
-                   "(default: what the checkpoint records, else none)")
-    p.add_argument("--data", required=True, metavar="SPEC", help="a built-in data set (digits, chebyshev, teacher), "
-                   "a .npz/.pt/.h5 file with X and y, or package.module:callable")
-    p.add_argument("--split", default="train", help="which split of the data: train, test or all (default: train)")
-    p.add_argument("--subset", type=int, metavar="N", help="a random subset of N samples, chosen with --seed "
-                   "(default: every sample)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="samples per batch; the loss is exact for any "
-                   "batching (default: the whole data set in one batch)")
-    p.add_argument("--loss", metavar="SPEC", help="cross-entropy, mse, squared or package.module:callable (default: "
-                   "cross-entropy for integer labels, mse for real targets)")
+    add_input_arguments(p, exact="the loss")
     p.add_argument("--directions", default="random", choices=tuple(CHECKPOINTS_NEEDED),
                    help="how the directions are made (default: random; see below)")
     p.add_argument("--normalization", default="filter", choices=("filter", "layer", "none"),
@@ -92,8 +81,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "added to (default: surface.h5)")
     p.add_argument("--resume", action="store_true", help="continue the surface stored in --output: compute only "
                    "its NaN cells")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that need arbitrary code to "
-                   "load (pickled objects): only for files you trust")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -165,17 +152,13 @@ def _checkpoint_attrs(checkpoint: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from landscape.analysis import check_pairing
-    from landscape.checkpoints import load_checkpoint, parse_model_kwargs
-    from landscape.data import load_data
-    from landscape.losses import resolve_loss
+    from landscape.checkpoints import load_checkpoint
 
     _check_count(args)
     dims = _dims(args)
     x, y = _grids(args, dims)
     output = store.check_writable(args.output)
-    model_kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else None
-    data = load_data(args.data, split=args.split, batch_size=args.batch_size, subset=args.subset, seed=args.seed)
-    loss = resolve_loss(args.loss, data.task)
+    model_kwargs, data, loss = load_inputs(args)
     checkpoints = [load_checkpoint(p, model_spec=args.model, model_kwargs=model_kwargs, trust=args.trust_checkpoint)
                    for p in args.checkpoints]
     check_pairing(checkpoints[0], loss, data)

@@ -1,0 +1,43 @@
+"""The options every command that loads checkpoints shares: the model, the data and the loss."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional
+
+from landscape.data import LoadedData
+
+
+def add_input_arguments(p: argparse.ArgumentParser, *, exact: str) -> None:
+    """--model, --model-kwargs, --data, --split, --subset, --batch-size, --loss and --trust-checkpoint.
+
+    ``exact`` names what is exact under any batching (e.g. "the Hessian"), for --batch-size's help.
+    """
+    p.add_argument("--model", metavar="SPEC", help="architecture for state dicts: a built-in name (mlp, cnn, "
+                   "chebyshev) or package.module:factory (default: what the checkpoint records)")
+    p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as a JSON "
+                   "object, e.g. '{\"sizes\": [64, 128, 10]}' (default: what the checkpoint records, else none)")
+    p.add_argument("--data", required=True, metavar="SPEC", help="a built-in data set (digits, chebyshev, teacher), "
+                   "a .npz/.pt/.h5 file with X and y, or package.module:callable returning (X, y), a Dataset or a "
+                   "DataLoader")
+    p.add_argument("--split", default="train", help="which split of the data: train, test or all (default: train)")
+    p.add_argument("--subset", type=int, metavar="N", help="a random subset of N samples, chosen with --seed "
+                   "(default: every sample)")
+    p.add_argument("--batch-size", type=int, metavar="N", help=f"samples per batch; {exact} is exact for any "
+                   "batching (default: the whole data set in one batch)")
+    p.add_argument("--loss", metavar="SPEC", help="cross-entropy, mse, squared (Cohen et al.'s ½‖out − onehot‖²), "
+                   "or package.module:callable taking (model, batch) (default: cross-entropy for integer labels, "
+                   "mse for real targets)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that need arbitrary code to "
+                   "load (pickled objects): only for files you trust")
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[Optional[dict], LoadedData, Any]:
+    """The parsed model kwargs (None when not given), the data and the loss the options name."""
+    from landscape.checkpoints import parse_model_kwargs
+    from landscape.data import load_data
+    from landscape.losses import resolve_loss
+
+    model_kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else None
+    data = load_data(args.data, split=args.split, batch_size=args.batch_size, subset=args.subset, seed=args.seed)
+    return model_kwargs, data, resolve_loss(args.loss, data.task)
