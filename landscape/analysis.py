@@ -97,11 +97,16 @@ def curvature(
     *,
     params: Optional[Sequence[str]] = None,
     progress: Optional[bool] = None,
+    distributed: bool = False,
 ) -> dict[str, Result]:
     """The requested metrics of the curvature matrix (``settings.curvature``, the Hessian by default) of the mean loss
-    over ``data`` (over ``params`` when given), and the input-output Jacobian norms when asked for."""
+    over ``data`` (over ``params`` when given), and the input-output Jacobian norms when asked for.
+
+    ``distributed``: ``data`` is the whole data set on every rank of the initialised process group; each rank builds
+    the operator on its shard and every product is all-reduced (see :mod:`landscape.operators.distributed`); the
+    Jacobian norms are computed by rank 0 alone."""
     op = curvature_operator(settings.curvature, model, loss, data, params=params, dtype=settings.dtype,
-                            device=settings.device, seed=settings.seed)
+                            device=settings.device, seed=settings.seed, distributed=distributed)
     results: dict[str, Result] = {}
     if "eigs" in settings.metrics:
         eig = lanczos(op, min(settings.top_k, op.shape[0]), tol=settings.tol, seed=settings.seed,
@@ -114,7 +119,7 @@ def curvature(
         results["density"] = spectral_density(op, num_probes=settings.density_probes,
                                               num_steps=settings.density_steps, seed=settings.seed,
                                               progress=progress)
-    if "jacobian" in settings.metrics and params is None:
+    if "jacobian" in settings.metrics and params is None and (not distributed or _is_writer()):
         results["jacobian"] = jacobian(model, data, settings, progress=progress)
     op.release()
     return results
@@ -122,9 +127,15 @@ def curvature(
 
 def curvature_operator(kind: str, model: nn.Module, loss: Any, data: Any, *, params: Optional[Sequence[str]] = None,
                        dtype: Optional[torch.dtype] = None, device: Optional[str] = None,
-                       seed: int = 0) -> ModelOperator:
+                       seed: int = 0, distributed: bool = False) -> ModelOperator:
     """The Hessian, the generalized Gauss-Newton matrix, the Fisher (labels sampled from the model, one per sample)
-    or the empirical Fisher (the data's labels) of the mean loss, as an operator."""
+    or the empirical Fisher (the data's labels) of the mean loss, as an operator (``distributed``: this rank's
+    shard of ``data``, all-reduced, a :class:`~landscape.operators.distributed.DistributedOperator`)."""
+    if distributed:
+        from landscape.operators.distributed import distributed_curvature_operator
+
+        return distributed_curvature_operator(kind, model, loss, data, params=params, dtype=dtype,  # type: ignore
+                                              device=device, seed=seed)
     common = dict(params=params, dtype=dtype, device=device)
     if kind == "hessian":
         return HessianOperator(model, loss, data, **common)
@@ -163,6 +174,12 @@ def first_batch(data: Any) -> Any:
     for batch, _ in checked_batches(data):
         return batch
     raise AssertionError("checked_batches yields or raises")
+
+
+def _is_writer() -> bool:
+    from landscape.operators.distributed import is_writer
+
+    return is_writer()
 
 
 def _no_grad_unless(loss: Any) -> contextlib.AbstractContextManager:
@@ -230,16 +247,27 @@ def analyze_checkpoint(
     settings: AnalysisSettings,
     *,
     progress: Optional[bool] = None,
+    distributed: bool = False,
 ) -> tuple[dict[str, Result], dict[str, tuple[list[str], dict[str, Result]]], float, Optional[float]]:
-    """Whole-model results, per-layer results (when asked), and the loss and accuracy at the checkpoint."""
+    """Whole-model results, per-layer results (when asked), and the loss and accuracy at the checkpoint
+    (``distributed``: over every rank's shard of ``data``, see :func:`curvature`)."""
     model = checkpoint.model
     try:
-        loss_value, accuracy = fit(model, loss, data.batches, dtype=settings.dtype, device=settings.device)
-        results = curvature(model, loss, data.batches, settings, progress=progress)
+        if distributed:
+            from landscape.operators.distributed import local_num_samples, reduce_fit, shard_data
+
+            local = shard_data(data.batches)
+            loss_value, accuracy = fit(model, loss, local, dtype=settings.dtype, device=settings.device)
+            loss_value, accuracy = reduce_fit(loss_value, accuracy, local_num_samples(local),
+                                              device=settings.device or next(model.parameters()).device)
+        else:
+            loss_value, accuracy = fit(model, loss, data.batches, dtype=settings.dtype, device=settings.device)
+        results = curvature(model, loss, data.batches, settings, progress=progress, distributed=distributed)
         layers = {}
         if settings.per_layer:
             for group, names in layer_groups(model).items():
-                layers[group] = (names, curvature(model, loss, data.batches, settings, params=names, progress=progress))
+                layers[group] = (names, curvature(model, loss, data.batches, settings, params=names, progress=progress,
+                                                  distributed=distributed))
     except LandscapeError as err:
         raise type(err)(f"{checkpoint.info.path}: {err}") from None
     return results, layers, loss_value, accuracy
@@ -301,16 +329,31 @@ def analyze(
     command: Optional[str] = None,
     progress: Optional[bool] = None,
     report: Any = None,
+    distributed: bool = False,
 ) -> list[CheckpointSummary]:
     """Analyse every checkpoint and add its results to ``output``, one atomic write per checkpoint.
 
     Every input is checked before any computation (each checkpoint is loaded and run on the first batch), so a bad
     file or option never leaves a partial output. ``resume`` skips checkpoints whose results are already stored.
     ``report(message)`` receives a line per checkpoint as it completes.
+
+    ``distributed``: called on every rank of an initialised ``torch.distributed`` process group with the same
+    arguments (``data`` the whole data set); each rank works on its shard of the data, the curvature products are
+    all-reduced, and rank 0 alone reports, shows progress and writes ``output`` (the other ranks return the same
+    summaries).
     """
-    out_path = store.check_writable(output)
+    writer = True
+    if distributed:
+        from landscape.operators.distributed import broadcast_object, is_writer, rank_and_size
+
+        writer = is_writer()
+        if not writer:
+            report, progress = None, False
+    out_path = store.check_writable(output) if writer else Path(output)
     paths = find_checkpoints(checkpoints)
-    skip = already_done(out_path, paths, settings) if resume else set()
+    skip = already_done(out_path, paths, settings) if resume and writer else set()
+    if distributed:
+        skip = broadcast_object(skip)  # rank 0 reads the output file; every rank skips the same checkpoints
 
     def load(path: Path) -> Checkpoint:
         return load_checkpoint(path, model_spec=model_spec, model_kwargs=model_kwargs, trust=trust)
@@ -328,12 +371,17 @@ def analyze(
         checkpoint = load(path)
         if report:
             report(f"[{index}/{len(paths)}] {path}: analysing {checkpoint.info.format}, step {checkpoint.info.step}")
-        results, layers, loss_value, accuracy = analyze_checkpoint(checkpoint, loss, data, settings, progress=progress)
+        results, layers, loss_value, accuracy = analyze_checkpoint(checkpoint, loss, data, settings, progress=progress,
+                                                                   distributed=distributed)
         seconds = time.perf_counter() - start
         attrs = checkpoint_attrs(checkpoint, data, loss, settings, command)
         attrs.update(loss=loss_value, accuracy=accuracy, seconds=seconds)
-        with store.update_results(out_path) as handle:
-            name = store.write_checkpoint(handle, checkpoint.info.name, results, attrs=attrs, layers=layers)
+        if distributed:
+            attrs["world_size"] = rank_and_size()[1]
+        name = checkpoint.info.name
+        if writer:
+            with store.update_results(out_path) as handle:
+                name = store.write_checkpoint(handle, checkpoint.info.name, results, attrs=attrs, layers=layers)
         summaries.append(CheckpointSummary(name, checkpoint.info.step, loss_value, accuracy, results, seconds))
         if report:
             report(f"[{index}/{len(paths)}] {path}: done in {seconds:.1f} s")

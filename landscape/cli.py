@@ -127,27 +127,47 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def run_analyze_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from landscape.operators.distributed import launched_by_torchrun
+
+    if not launched_by_torchrun():
+        return _analyze(args, argv, args.device, distributed=False)
+    # Launched by torchrun (WORLD_SIZE > 1): one process group for the run, rank 0 writes and prints.
+    import torch.distributed
+
+    from landscape.operators.distributed import init_from_env
+
+    device = init_from_env(args.device)
+    try:
+        return _analyze(args, argv, device, distributed=True)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _analyze(args: argparse.Namespace, argv: Sequence[str], device: Optional[str], *, distributed: bool) -> int:
     from landscape.analysis import AnalysisSettings, analyze
+    from landscape.operators.distributed import is_writer
     from landscape.report import results_table
 
     settings = AnalysisSettings(
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
         top_k=args.top_k, tol=args.tol, trace_matvecs=args.trace_matvecs, trace_method=args.trace_method,
         density_probes=args.density_probes, density_steps=args.density_steps, per_layer=args.per_layer,
-        dtype=DTYPES[args.dtype], device=args.device, seed=args.seed, save_vectors=args.save_vectors,
+        dtype=DTYPES[args.dtype], device=device, seed=args.seed, save_vectors=args.save_vectors,
         curvature=args.curvature, jacobian_outputs=args.jacobian_outputs,
     )
     model_kwargs, data, loss = load_inputs(args)
-    say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    writer = not distributed or is_writer()
+    say = None if args.quiet or not writer else (lambda line: print(line, file=sys.stderr))
     summaries = analyze(
         args.checkpoints, data=data, loss=loss, output=args.output, settings=settings, model_spec=args.model,
         model_kwargs=model_kwargs, trust=args.trust_checkpoint, resume=args.resume,
         command=" ".join(shlex.quote(a) for a in ["landscape", *argv]), progress=False if args.quiet else None,
-        report=say,
+        report=say, distributed=distributed,
     )
-    if summaries:
-        print(results_table(args.output, [s.name for s in summaries]))
-    print(f"results: {args.output}")
+    if writer:
+        if summaries:
+            print(results_table(args.output, [s.name for s in summaries]))
+        print(f"results: {args.output}")
     return 0
 
 
