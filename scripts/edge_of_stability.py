@@ -49,11 +49,13 @@ import torch  # noqa: E402
 from landscape import store  # noqa: E402
 from landscape.errors import LandscapeError, LossError  # noqa: E402
 from landscape.report import format_table  # noqa: E402
+from landscape.tracking import TrackerSettings  # noqa: E402
 
 DIGITS_SIZES = (64, 128, 128, 10)
 DIGITS_SUBSET = 1000
 TOLERANCE = 0.05  # "within 5% of 2/η"
 PAST = 30.0  # "for η = 0.05 it keeps rising past 30"
+COMMAND = "scripts/edge_of_stability.py"
 
 
 @dataclass(frozen=True)
@@ -96,40 +98,59 @@ def experiments(quick: bool) -> list[Experiment]:
 
 
 # -- training ---------------------------------------------------------------------------------------------------
-def build_trainer(exp: Experiment, path: Path, seed: int) -> Any:
+@dataclass(frozen=True)
+class Recording:
+    """What a script's runs record and how their files are labelled; a run file is complete only for the same one.
+
+    The defaults are this script's; scripts/sharpening_and_jacobian.py trains the same way with its own.
+    """
+
+    command: str = COMMAND  # the run file's "command" attr is f"{command} ({exp.name})"
+    tracker: TrackerSettings = TrackerSettings(trace_matvecs=0)  # λmax only, no trace
+    report_records: bool = False  # log the number of curvature records and their mean cost after training
+
+    def label(self, exp: Experiment) -> str:
+        return f"{self.command} ({exp.name})"
+
+
+RECORDING = Recording()
+
+
+def train_settings(exp: Experiment, seed: int, recording: Recording = RECORDING) -> Any:
+    """Full-batch gradient descent for ``exp`` with ``recording``'s tracker."""
+    from landscape.train import TrainSettings
+
+    return TrainSettings(optimizer="sgd", lr=exp.lr, steps=exp.steps, batch_size=None,
+                         track_every=exp.track_every, tracker=recording.tracker, seed=seed)
+
+
+def build_trainer(exp: Experiment, path: Path, seed: int, recording: Recording = RECORDING) -> Any:
     """The Trainer for one run, built as ``landscape train`` builds it (so the run file is the same)."""
     from landscape.checkpoints import build_model
     from landscape.data import load_data
     from landscape.losses import loss_name, resolve_loss
-    from landscape.tracking import TrackerSettings
-    from landscape.train import Trainer, TrainSettings
+    from landscape.train import Trainer
 
-    settings = TrainSettings(optimizer="sgd", lr=exp.lr, steps=exp.steps, batch_size=None,
-                             track_every=exp.track_every, tracker=TrackerSettings(trace_matvecs=0), seed=seed)
     data = load_data(exp.data, split="train", subset=exp.subset, seed=seed)
     loss = resolve_loss("squared", data.task)
     torch.manual_seed(seed)
     model = build_model(exp.model, exp.model_kwargs)
-    attrs = {"command": f"scripts/edge_of_stability.py ({exp.name})", "experiment": exp.name,
+    attrs = {"command": recording.label(exp), "experiment": exp.name,
              "model_spec": exp.model, "model_kwargs": exp.model_kwargs, "data": data.spec,
              "data_description": data.description, "loss_function": loss_name(loss),
              "num_params": sum(p.numel() for p in model.parameters())}
-    return Trainer(model, loss, data.batches, None, settings, output=path, model_spec=exp.model,
-                   model_kwargs=exp.model_kwargs, attrs=attrs)
+    return Trainer(model, loss, data.batches, None, train_settings(exp, seed, recording), output=path,
+                   model_spec=exp.model, model_kwargs=exp.model_kwargs, attrs=attrs)
 
 
-def expected_settings(exp: Experiment, seed: int) -> dict[str, Any]:
+def expected_settings(exp: Experiment, seed: int, recording: Recording = RECORDING) -> dict[str, Any]:
     """The settings a complete run file of ``exp`` stores (as read back from JSON)."""
-    from landscape.tracking import TrackerSettings
-    from landscape.train import TrainSettings
-
-    settings = TrainSettings(optimizer="sgd", lr=exp.lr, steps=exp.steps, batch_size=None,
-                             track_every=exp.track_every, tracker=TrackerSettings(trace_matvecs=0), seed=seed)
-    return json.loads(json.dumps(settings.as_attrs(), default=str))
+    return json.loads(json.dumps(train_settings(exp, seed, recording).as_attrs(), default=str))
 
 
-def is_complete(exp: Experiment, path: Path, seed: int) -> tuple[bool, str]:
-    """Whether ``path`` holds a finished run of ``exp`` (all steps, or a recorded divergence); else why not."""
+def is_complete(exp: Experiment, path: Path, seed: int, recording: Recording = RECORDING) -> tuple[bool, str]:
+    """Whether ``path`` holds a finished run of ``exp`` written with ``recording`` (all steps, or a recorded
+    divergence); else why not."""
     if not path.exists():
         return False, "no run file"
     try:
@@ -141,9 +162,10 @@ def is_complete(exp: Experiment, path: Path, seed: int) -> tuple[bool, str]:
         settings = json.loads(attrs.get("settings") or "{}")
     except json.JSONDecodeError:
         return False, "settings not readable"
-    if settings != expected_settings(exp, seed):
+    if settings != expected_settings(exp, seed, recording):
         return False, "different settings"
-    if attrs.get("experiment") != exp.name or attrs.get("model_kwargs") != exp.model_kwargs:
+    if (attrs.get("experiment") != exp.name or attrs.get("command") != recording.label(exp)
+            or attrs.get("model_kwargs") != exp.model_kwargs):
         return False, "a different experiment"
     reason = str(attrs.get("stop_reason", ""))
     if not reason:
@@ -175,9 +197,10 @@ def train_runs(runs: list[Experiment], paths: dict[str, Path], seed: int, force:
     return failed
 
 
-def train(exp: Experiment, path: Path, seed: int, force: bool, log: Callable[[str], None]) -> None:
-    """Train ``exp`` into ``path`` unless a complete run is already there (or ``force``)."""
-    complete, why = is_complete(exp, path, seed)
+def train(exp: Experiment, path: Path, seed: int, force: bool, log: Callable[[str], None],
+          recording: Recording = RECORDING) -> None:
+    """Train ``exp`` into ``path`` with ``recording`` unless a complete run is already there (or ``force``)."""
+    complete, why = is_complete(exp, path, seed, recording)
     if complete and not force:
         log(f"  {exp.name:18s} kept      {path}  ({why})")
         return
@@ -185,13 +208,18 @@ def train(exp: Experiment, path: Path, seed: int, force: bool, log: Callable[[st
         log(f"  {exp.name:18s} retrain   {path}  ({'--force' if complete else why})")
         remove_run(path)
     start = time.perf_counter()
-    trainer = build_trainer(exp, path, seed)
+    trainer = build_trainer(exp, path, seed, recording)
     try:
         result = trainer.run(progress=False)
         outcome = result.stop_reason
     except LossError as err:  # the records up to the divergence are in the file; the table shows them
         outcome = f"diverged: {err}"
-    log(f"  {exp.name:18s} trained   {path}  {exp.steps} steps in {time.perf_counter() - start:.1f} s ({outcome})")
+    records = ""
+    if recording.report_records:
+        seconds = store.read_run(path).tables["run/curvature"]["seconds"]
+        records = f", {len(seconds)} records at {1000 * float(np.mean(seconds)):.0f} ms each"
+    log(f"  {exp.name:18s} trained   {path}  {exp.steps} steps in {time.perf_counter() - start:.1f} s{records} "
+        f"({outcome})")
 
 
 # -- the table --------------------------------------------------------------------------------------------------

@@ -35,13 +35,13 @@ for the toy and ~70 ms for digits); --quick runs short versions (figures with a 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -57,20 +57,24 @@ from edge_of_stability import (  # noqa: E402
     DIGITS_SUBSET,
     TOLERANCE,
     Experiment,
+    Recording,
     log,
-    remove_run,
+    train,
     train_runs,
 )
 
 from landscape import store  # noqa: E402
-from landscape.errors import LandscapeError, LossError  # noqa: E402
 from landscape.report import format_table  # noqa: E402
+from landscape.tracking import TrackerSettings  # noqa: E402
 
 RISE = 0.8  # "rise together": ρ above this in the sharpening phase
 DROP = 0.5  # "part at EoS": ρ below this in the EoS phase ...
 CHANGE = 0.10  # ... or the Jacobian norm changes by more than this while λmax stays within TOLERANCE of 2/η
 CROSS = 0.9  # the EoS phase starts when λmax first reaches CROSS·2/η
 COMMAND = "scripts/sharpening_and_jacobian.py"
+# trained as edge_of_stability.py trains, with the GGN λmax and the Jacobian norms recorded
+RECORDING = Recording(COMMAND, TrackerSettings(trace_matvecs=0, also_lambda_max=("ggn",), jacobian=True),
+                      report_records=True)
 
 
 def experiments(quick: bool) -> list[Experiment]:
@@ -82,72 +86,6 @@ def experiments(quick: bool) -> list[Experiment]:
         Experiment("chebyshev", 0.05, 3000 if quick else 20000, every, "rise"),
         Experiment("digits", 0.1, 1000 if quick else 8000, 50 if quick else 100, "settle", **digits),
     ]
-
-
-# -- training (as edge_of_stability.py trains, with the GGN λmax and the Jacobian norms recorded) ---------------
-def train_settings(exp: Experiment, seed: int) -> Any:
-    from landscape.tracking import TrackerSettings
-    from landscape.train import TrainSettings
-
-    tracker = TrackerSettings(trace_matvecs=0, also_lambda_max=("ggn",), jacobian=True)
-    return TrainSettings(optimizer="sgd", lr=exp.lr, steps=exp.steps, batch_size=None, track_every=exp.track_every,
-                         tracker=tracker, seed=seed)
-
-
-def build_trainer(exp: Experiment, path: Path, seed: int) -> Any:
-    from landscape.checkpoints import build_model
-    from landscape.data import load_data
-    from landscape.losses import loss_name, resolve_loss
-    from landscape.train import Trainer
-
-    data = load_data(exp.data, split="train", subset=exp.subset, seed=seed)
-    loss = resolve_loss("squared", data.task)
-    torch.manual_seed(seed)
-    model = build_model(exp.model, exp.model_kwargs)
-    attrs = {"command": f"{COMMAND} ({exp.name})", "experiment": exp.name, "model_spec": exp.model,
-             "model_kwargs": exp.model_kwargs, "data": data.spec, "data_description": data.description,
-             "loss_function": loss_name(loss), "num_params": sum(p.numel() for p in model.parameters())}
-    return Trainer(model, loss, data.batches, None, train_settings(exp, seed), output=path, model_spec=exp.model,
-                   model_kwargs=exp.model_kwargs, attrs=attrs)
-
-
-def is_complete(exp: Experiment, path: Path, seed: int) -> tuple[bool, str]:
-    """Whether ``path`` holds a finished run of ``exp`` with this study's settings; else why not."""
-    if not path.exists():
-        return False, "no run file"
-    try:
-        attrs = store.read_run(path).attrs
-        settings = json.loads(attrs.get("settings") or "{}")
-    except (LandscapeError, json.JSONDecodeError) as err:
-        return False, f"unreadable ({err})"
-    if settings != json.loads(json.dumps(train_settings(exp, seed).as_attrs(), default=str)):
-        return False, "different settings"
-    if attrs.get("command") != f"{COMMAND} ({exp.name})" or attrs.get("model_kwargs") != exp.model_kwargs:
-        return False, "a different experiment"
-    reason = str(attrs.get("stop_reason", ""))
-    if not reason:
-        return False, "unfinished (killed?)"
-    if attrs.get("final_step") != exp.steps and "diverged" not in reason:
-        return False, f"stopped early: {reason}"
-    return True, reason
-
-
-def train(exp: Experiment, path: Path, seed: int, force: bool, log: Callable[[str], None]) -> None:
-    complete, why = is_complete(exp, path, seed)
-    if complete and not force:
-        log(f"  {exp.name:18s} kept      {path}  ({why})")
-        return
-    if path.exists():
-        log(f"  {exp.name:18s} retrain   {path}  ({'--force' if complete else why})")
-        remove_run(path)
-    start = time.perf_counter()
-    try:
-        outcome = build_trainer(exp, path, seed).run(progress=False).stop_reason
-    except LossError as err:  # the records up to the divergence are in the file
-        outcome = f"diverged: {err}"
-    seconds = store.read_run(path).tables["run/curvature"]["seconds"]
-    log(f"  {exp.name:18s} trained   {path}  {exp.steps} steps in {time.perf_counter() - start:.1f} s, "
-        f"{len(seconds)} records at {1000 * float(np.mean(seconds)):.0f} ms each ({outcome})")
 
 
 # -- the analysis -----------------------------------------------------------------------------------------------
@@ -292,7 +230,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     paths = {e.name: data_dir / e.filename(args.seed) for e in runs}
 
     log(f"training {len(runs)} runs ({'quick' if args.quick else 'full'}) into {data_dir}/")
-    failed = train_runs(runs, paths, args.seed, args.force, train)
+    failed = train_runs(runs, paths, args.seed, args.force, partial(train, recording=RECORDING))
 
     suffix = "_quick" if args.quick else ""
     summaries = []
