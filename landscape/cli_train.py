@@ -27,7 +27,11 @@ examples:
 
 The run file holds /run (step, loss, lr, grad_evals per step) and /run/curvature (lambda_max, eigenvalues, trace,
 trace_stderr, train/test loss and accuracy, grad_norm, matvecs per record), appended and flushed as they come.
-Checkpoints go to <output>_checkpoints/step_<N>.pt; `landscape analyze` reads them without --model."""
+Checkpoints go to <output>_checkpoints/step_<N>.pt; `landscape analyze` reads them without --model.
+
+Several processes: `torchrun --nproc-per-node N -m landscape train ...` trains data-parallel (each process takes its
+part of every batch; gradients are averaged across processes, so the steps are those of one process) and tracks the
+curvature over every process's shard of the data; rank 0 writes the run file and the checkpoints."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -101,6 +105,19 @@ def parse_hparams(items: Sequence[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Train in this process, or, launched by torchrun, data-parallel on every rank (rank 0 writes and prints)."""
+    from landscape.operators.distributed import init_from_env, launched_by_torchrun
+
+    if not launched_by_torchrun():
+        return _train(args, argv, args.device, distributed=False)
+    device = init_from_env(args.device)
+    try:
+        return _train(args, argv, device, distributed=True)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str], device: Optional[str], *, distributed: bool) -> int:
     from landscape import store
     from landscape.checkpoints import build_model, parse_model_kwargs
     from landscape.data import load_data
@@ -127,14 +144,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     model = build_model(args.model, model_kwargs)
     trainer = Trainer(model, loss, train_data.batches, test_data, settings, output=args.output,
                       checkpoint_dir=args.checkpoint_dir, model_spec=args.model, model_kwargs=model_kwargs,
-                      dtype=DTYPES[args.dtype], device=args.device,
+                      dtype=DTYPES[args.dtype], device=device, distributed=distributed,
                       attrs={"command": " ".join(shlex.quote(a) for a in ["landscape", *argv]),
                              "model_spec": args.model, "model_kwargs": model_kwargs, "data": train_data.spec,
                              "data_description": train_data.description, "loss_function": _loss_name(loss),
                              "num_params": sum(p.numel() for p in model.parameters())})
     result = trainer.run(resume=args.resume, progress=False if args.quiet else None)
-    print(f"{result.stop_reason} after {result.steps} steps in {result.seconds:.1f} s")
-    print(f"run: {args.output}\ncheckpoint: {result.checkpoint}")
+    if trainer.writer:
+        print(f"{result.stop_reason} after {result.steps} steps in {result.seconds:.1f} s")
+        print(f"run: {args.output}\ncheckpoint: {result.checkpoint}")
     return 0
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from landscape.analysis import CURVATURES, curvature_operator, fit
 from landscape.errors import OptionError
 from landscape.linalg import hutchpp, lanczos
+from landscape.operators.distributed import local_num_samples, reduce_fit, shard_data
 from landscape.operators.hessian import ModelOperator
 from landscape.operators.jacobian import jacobian_norms
 
@@ -46,22 +47,26 @@ class CurvatureTracker:
 
     Every random draw is seeded from ``(settings.seed, step)``, so a resumed run repeats the records of an
     uninterrupted one exactly (the warm-start vector travels in :meth:`state_dict`).
+
+    ``distributed``: called on every rank of an initialised process group with the whole data; each rank works on
+    its shard, products and sums are all-reduced, and every rank gets the same record (rank 0 writes it).
     """
 
     def __init__(self, loss: Any, train_data: Any, test_data: Any = None,
-                 settings: TrackerSettings = TrackerSettings()) -> None:
+                 settings: TrackerSettings = TrackerSettings(), *, distributed: bool = False) -> None:
         self.loss = loss
         self.train_data = train_data
         self.test_data = test_data
         _check(settings)
         self.settings = settings
+        self.distributed = distributed
         self.previous: dict[str, torch.Tensor] = {}
 
     def _lambda_max(self, kind: str, model: nn.Module, step: int) -> tuple[Any, ModelOperator]:
         """Top eigenpairs of the ``kind`` matrix, warm-started from its previous top eigenvector."""
         s = self.settings
         op = curvature_operator(kind, model, self.loss, self.train_data, dtype=s.dtype, device=s.device,
-                                seed=_seed(s.seed, step))
+                                seed=_seed(s.seed, step), distributed=self.distributed)
         v0 = self.previous.get(kind) if s.warm_start else None
         k = min(s.top_k if kind == s.curvature else 1, op.shape[0])
         eig = lanczos(op, k, tol=s.tol, v0=v0, seed=_seed(s.seed, step), progress=False)
@@ -84,20 +89,42 @@ class CurvatureTracker:
             other, other_op = self._lambda_max(kind, model, step)
             record[f"lambda_max_{kind.replace('-', '_')}"] = float(other.values[0])
             matvecs += other_op.num_matvecs
-        record["train_loss"], record["train_accuracy"] = fit(model, self.loss, self.train_data,
-                                                             dtype=op.dtype, device=s.device)
+        record["train_loss"], record["train_accuracy"] = self._fit(model, self.train_data, op.dtype)
         if self.test_data is not None:
-            record["test_loss"], record["test_accuracy"] = fit(model, self.loss, self.test_data,
-                                                               dtype=op.dtype, device=s.device)
+            record["test_loss"], record["test_accuracy"] = self._fit(model, self.test_data, op.dtype)
         record["grad_norm"] = float(op.gradient().norm())
         if s.jacobian:
-            jac = jacobian_norms(model, self.train_data, dtype=op.dtype, device=s.device, seed=_seed(s.seed, step),
-                                 progress=False)
-            record.update(jacobian_mean=jac.spectral_mean, jacobian_max=jac.spectral_max,
-                          jacobian_frobenius_mean=jac.frobenius_mean)
+            record.update(self._jacobian(model, op.dtype, step))
         record["matvecs"] = matvecs
         record["seconds"] = time.perf_counter() - start
         return {key: value for key, value in record.items() if value is not None}  # no accuracy for regression
+
+    def _fit(self, model: nn.Module, data: Any, dtype: torch.dtype) -> tuple[float, Optional[float]]:
+        """Mean loss and accuracy over ``data`` (over every rank's shard of it, when distributed)."""
+        if not self.distributed:
+            return fit(model, self.loss, data, dtype=dtype, device=self.settings.device)
+        local = shard_data(data)
+        value, accuracy = fit(model, self.loss, local, dtype=dtype, device=self.settings.device)
+        return reduce_fit(value, accuracy, local_num_samples(local), device=self.settings.device or "cpu")
+
+    def _jacobian(self, model: nn.Module, dtype: torch.dtype, step: int) -> dict[str, float]:
+        """Mean and max per-sample Jacobian norms over the training data (all ranks' shards, when distributed)."""
+        s = self.settings
+        data = shard_data(self.train_data) if self.distributed else self.train_data
+        jac = jacobian_norms(model, data, dtype=dtype, device=s.device, seed=_seed(s.seed, step), progress=False)
+        norms = {"jacobian_mean": jac.spectral_mean, "jacobian_max": jac.spectral_max,
+                 "jacobian_frobenius_mean": jac.frobenius_mean}
+        if not self.distributed:
+            return norms
+        count = len(jac.spectral)
+        sums = torch.tensor([jac.spectral_mean * count, jac.frobenius_mean * count, count], dtype=torch.float64,
+                            device=s.device or "cpu")
+        largest = torch.tensor([jac.spectral_max], dtype=torch.float64, device=s.device or "cpu")
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
+        total_spectral, total_frobenius, total = sums.tolist()
+        return {"jacobian_mean": total_spectral / total, "jacobian_max": float(largest.item()),
+                "jacobian_frobenius_mean": total_frobenius / total}
 
     @property
     def top_vector(self) -> Optional[torch.Tensor]:

@@ -5,6 +5,10 @@ descent), takes one optimizer step (any optimizer of :mod:`landscape.optim.regis
 run file, and every ``track_every`` steps appends a curvature record (:mod:`landscape.tracking`). Checkpoints in the
 toolkit's format hold the model, the optimizer, the schedule, the data order, torch's random state and the tracker's
 warm-start vector, so ``resume`` continues a killed run exactly as if it had never stopped (on CPU).
+
+Under ``torchrun`` (``distributed``) every rank trains the same parameters on its part of each batch, with gradients
+averaged across ranks (:mod:`landscape.parallel`), and tracks curvature on its shard of the data with all-reduced
+products; rank 0 alone writes the run file and the checkpoints and shows progress.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from torch import nn
 from landscape import store
 from landscape.checkpoints import load_training_state, save_checkpoint
 from landscape.errors import DataError, LossError, OptionError
+from landscape.operators.distributed import is_writer
 from landscape.optim.registry import build_optimizer, resolve_hyperparameters, training_step
+from landscape.parallel import DataParallel
 from landscape.progress import progress_bar
 from landscape.tracking import CurvatureTracker, TrackerSettings
 
@@ -142,13 +148,36 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
+class _NoWriter:
+    """What ranks other than 0 hold in place of a :class:`~landscape.store.RunWriter`: they write nothing."""
+
+    def append(self, table: str, row: Mapping[str, Any]) -> None:
+        pass
+
+    def set_attrs(self, table: str, attrs: Mapping[str, Any]) -> None:
+        pass
+
+    def __enter__(self) -> "_NoWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
 class Trainer:
-    """One training run: the model, data, loss, optimizer, schedule, tracker, run file and checkpoints."""
+    """One training run: the model, data, loss, optimizer, schedule, tracker, run file and checkpoints.
+
+    ``distributed``: constructed and run on every rank of an initialised process group with the same arguments.
+    """
 
     def __init__(self, model: nn.Module, loss: Any, train_data: Any, test_data: Any, settings: TrainSettings, *,
                  output: str | Path, checkpoint_dir: Optional[str | Path] = None, model_spec: Optional[str] = None,
                  model_kwargs: Optional[Mapping[str, Any]] = None, dtype: torch.dtype = torch.float32,
-                 device: Optional[str] = None, attrs: Optional[Mapping[str, Any]] = None) -> None:
+                 device: Optional[str] = None, attrs: Optional[Mapping[str, Any]] = None,
+                 distributed: bool = False) -> None:
+        if distributed and settings.optimizer == "sa":
+            raise OptionError("--optimizer sa computes per-sample gradients itself and cannot average them across "
+                              "processes; run it in one process")
         self.settings = settings
         self.device = torch.device(device or "cpu")
         self.model = model.to(device=self.device, dtype=dtype)
@@ -173,13 +202,20 @@ class Trainer:
         self.model.train()  # dropout and BatchNorm as in training; the tracker measures in eval mode
         tracker_settings = TrackerSettings(**{**asdict(settings.tracker), "seed": settings.seed,
                                               "dtype": settings.tracker.dtype or dtype, "device": str(self.device)})
-        self.tracker = CurvatureTracker(loss, (self.X, self.y), test_data, tracker_settings)
+        self.tracker = CurvatureTracker(loss, (self.X, self.y), test_data, tracker_settings, distributed=distributed)
+        self.parallel = DataParallel(self.model) if distributed else None
+        self.writer = is_writer() if distributed else True
+        if distributed:
+            self.attrs["world_size"] = self.parallel.world_size
         self.step = 0
         self.first_loss: Optional[float] = None
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save(self) -> Path:
+        """Write a checkpoint of the whole training state (rank 0 only, under torchrun); returns its path."""
         path = self.checkpoint_dir / f"step_{self.step}.pt"
+        if not self.writer:
+            return path
         save_checkpoint(path, self.model, step=self.step, model_spec=self.model_spec, model_kwargs=self.model_kwargs,
                         optimizer_state=self.optimizer.state_dict(),
                         extra={"scheduler": self.scheduler.state_dict(), "order": self.order.state_dict(),
@@ -201,8 +237,10 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch (under torchrun, this rank's part of it)."""
         index = self.order.next()
-        return (self.X, self.y) if index is None else (self.X[index], self.y[index])
+        batch = (self.X, self.y) if index is None else (self.X[index], self.y[index])
+        return batch if self.parallel is None else self.parallel.local_part(batch)
 
     def _track(self, writer: store.RunWriter) -> Optional[str]:
         """Append a curvature record; the stop reason if a target is reached."""
@@ -237,15 +275,18 @@ class Trainer:
         if resume:
             writer = self._resume_writer()
         else:
-            writer = store.RunWriter(self.output, self.attrs)
+            writer = store.RunWriter(self.output, self.attrs) if self.writer else _NoWriter()
+        reduce = None if self.parallel is None else self.parallel.reduce
         checkpoint, stop = None, None
-        bar = progress_bar(s.steps, "training", progress, unit="step")
+        bar = progress_bar(s.steps, "training", progress if self.writer else False, unit="step")
         bar.update(self.step)
         with writer:
             if s.track_every and self.step % s.track_every == 0 and not resume:
                 stop = self._track(writer)
             while stop is None and self.step < s.steps:
-                loss_value, used = training_step(self.optimizer, self.model, self.loss, self._batch())
+                loss_value, used = training_step(self.optimizer, self.model, self.loss, self._batch(), reduce=reduce)
+                if self.parallel is not None:
+                    self.parallel.sync_buffers()
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.scheduler.step()
                 self.step += 1
@@ -270,7 +311,7 @@ class Trainer:
         bar.close()
         return TrainResult(self.step, stop, checkpoint, time.perf_counter() - start)
 
-    def _resume_writer(self) -> store.RunWriter:
+    def _resume_writer(self) -> store.RunWriter | _NoWriter:
         last = latest_checkpoint(self.checkpoint_dir)
         if last is None:
             raise OptionError(f"--resume: no checkpoint step_<N>.pt in {self.checkpoint_dir} to resume from")
@@ -282,6 +323,8 @@ class Trainer:
             raise OptionError(f"--resume with settings that differ from the run in {self.output}: "
                               f"{', '.join(changed)}; resume with the original options")
         self.restore(last)
+        if not self.writer:
+            return _NoWriter()
         writer = store.RunWriter(self.output, self.attrs, resume=True)
         writer.truncate("run", self.step)
         writer.truncate("run/curvature", self.step)

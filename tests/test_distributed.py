@@ -212,5 +212,58 @@ def test_analyze_under_torchrun_matches_one_process(tmp_path, capsys):
     assert not list(tmp_path.glob(".two.h5*"))  # no stray temporary files from another rank
 
 
+@needs_gloo
+def test_train_under_torchrun_matches_one_process_and_resumes(tmp_path, capsys):
+    """Data-parallel SAM on mini-batches split 16/16 over two ranks, killed at step 12 and resumed to 24: every
+    recorded column (losses, λmax, trace, Jacobian norms, test accuracy) and the final parameters equal a one-process
+    run's (float64)."""
+    from landscape import store
+    from landscape.checkpoints import load_training_state
+    from landscape.cli import main
+
+    common = ["train", "--model", "mlp", "--model-kwargs", json.dumps({"sizes": SIZES}), "--data", "digits",
+              "--subset", str(NUM_SAMPLES), "--dtype", "float64", "--optimizer", "sam", "--lr", "0.1",
+              "--batch-size", "32", "--track-every", "5", "--track-jacobian", "--track-trace-matvecs", "6",
+              "--save-every", "6", "--quiet"]
+    first = launch(["-m", "landscape", *common, "--steps", "12", "-o", "two.h5"], tmp_path)
+    assert first.stdout.count("run: two.h5") == 1  # rank 0 alone prints
+    launch(["-m", "landscape", *common, "--steps", "24", "-o", "two.h5", "--resume"], tmp_path)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main([*common, "--steps", "24", "-o", "one.h5"]) == 0
+    finally:
+        os.chdir(cwd)
+    capsys.readouterr()
+    two, one = store.read_run(tmp_path / "two.h5"), store.read_run(tmp_path / "one.h5")
+    assert two.attrs["world_size"] == 2
+    for table in ("run", "run/curvature"):
+        assert set(two.tables[table]) == set(one.tables[table])
+        for column, want in one.tables[table].items():
+            if column != "seconds":
+                np.testing.assert_allclose(two.tables[table][column], want, rtol=1e-9, atol=1e-12,
+                                           err_msg=f"{table}/{column}")
+    assert len(one.tables["run"]["step"]) == 24 and len(one.tables["run/curvature"]["step"]) == 5
+    got = load_training_state(tmp_path / "two_checkpoints" / "step_24.pt")["state_dict"]
+    want = load_training_state(tmp_path / "one_checkpoints" / "step_24.pt")["state_dict"]
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-10, atol=1e-13)
+
+
+def test_data_parallel_refuses_what_it_cannot_split():
+    from landscape.errors import OptionError
+    from landscape.models import mlp
+    from landscape.parallel import DataParallel
+    from landscape.train import Trainer, TrainSettings
+
+    parallel = DataParallel(mlp(SIZES))
+    parallel.world_size = 4
+    with pytest.raises(OptionError, match="--batch-size of at least 4"):
+        parallel.local_part((torch.zeros(3, 64), torch.zeros(3)))
+    with pytest.raises(OptionError, match="--optimizer sa"):
+        Trainer(mlp(SIZES), torch.nn.functional.cross_entropy, (torch.zeros(4, 64), torch.zeros(4).long()), None,
+                TrainSettings(optimizer="sa"), output="unused.h5", distributed=True)
+
+
 if __name__ == "__main__":  # a rank of the torchrun job started by the tests above
     worker(Path(sys.argv[1]))

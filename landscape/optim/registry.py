@@ -76,15 +76,20 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, seed: Optional[in
     return SharpnessAwarePerturbation(params, lr, model=model, per_sample_loss=loss, **common)
 
 
-def training_step(optimizer: torch.optim.Optimizer, model: nn.Module, loss: Loss, batch: tuple) -> tuple[float, int]:
+def training_step(optimizer: torch.optim.Optimizer, model: nn.Module, loss: Loss, batch: tuple, *,
+                  reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> tuple[float, int]:
     """One update on ``batch``; returns the loss at the parameters before it and the gradients it evaluated.
 
     Every gradient of a multi-pass step sees the same mini-batch; SAM's second pass leaves BatchNorm running
-    statistics as the first pass set them.
+    statistics as the first pass set them. ``reduce`` runs after every backward pass and returns the loss to report
+    (data-parallel training: :meth:`landscape.parallel.DataParallel.reduce` averages gradients across processes).
     """
     inputs, targets = batch
     before = optimizer.num_grad_evals if isinstance(optimizer, FlatnessOptimizer) else 0
     if isinstance(optimizer, SharpnessAwarePerturbation):
+        if reduce is not None:
+            raise OptionError("--optimizer sa computes per-sample gradients itself and cannot average them across "
+                              "processes; run it in one process")
         value = optimizer.step((inputs, targets))
     else:
 
@@ -92,7 +97,7 @@ def training_step(optimizer: torch.optim.Optimizer, model: nn.Module, loss: Loss
             optimizer.zero_grad(set_to_none=True)
             result = loss(model(inputs), targets)
             result.backward()
-            return result
+            return result if reduce is None else reduce(result)
 
         value = optimizer.step(closure, model=model) if isinstance(optimizer, SAM) else optimizer.step(closure)
     used = optimizer.num_grad_evals - before if isinstance(optimizer, FlatnessOptimizer) else 1
