@@ -51,10 +51,12 @@ class AnalysisSettings:
     save_vectors: bool = False
     curvature: str = "hessian"
     jacobian_outputs: str = "logits"
+    compile: bool = False  # torch.compile the Hessian-vector product (forward-over-reverse)
 
     def __post_init__(self) -> None:
         if self.curvature not in CURVATURES:
             raise OptionError(f"--curvature must be one of {', '.join(CURVATURES)}, got {self.curvature!r}")
+        check_compile(self.curvature, self.compile)
         if self.jacobian_outputs not in ("logits", "probabilities"):
             raise OptionError(f"--jacobian-outputs must be logits or probabilities, got {self.jacobian_outputs!r}")
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -106,7 +108,8 @@ def curvature(
     the operator on its shard and every product is all-reduced (see :mod:`landscape.operators.distributed`); the
     Jacobian norms are computed by rank 0 alone."""
     op = curvature_operator(settings.curvature, model, loss, data, params=params, dtype=settings.dtype,
-                            device=settings.device, seed=settings.seed, distributed=distributed)
+                            device=settings.device, seed=settings.seed, distributed=distributed,
+                            compile=settings.compile)
     results: dict[str, Result] = {}
     if "eigs" in settings.metrics:
         eig = lanczos(op, min(settings.top_k, op.shape[0]), tol=settings.tol, seed=settings.seed,
@@ -125,20 +128,28 @@ def curvature(
     return results
 
 
+def check_compile(kind: str, compile: bool) -> None:
+    """``--compile`` compiles the Hessian's product; the other matrices have their own closed-form paths."""
+    if compile and kind != "hessian":
+        raise OptionError(f"--compile applies to --curvature hessian, not {kind}")
+
+
 def curvature_operator(kind: str, model: nn.Module, loss: Any, data: Any, *, params: Optional[Sequence[str]] = None,
                        dtype: Optional[torch.dtype] = None, device: Optional[str] = None,
-                       seed: int = 0, distributed: bool = False) -> ModelOperator:
+                       seed: int = 0, distributed: bool = False, compile: bool = False) -> ModelOperator:
     """The Hessian, the generalized Gauss-Newton matrix, the Fisher (labels sampled from the model, one per sample)
     or the empirical Fisher (the data's labels) of the mean loss, as an operator (``distributed``: this rank's
-    shard of ``data``, all-reduced, a :class:`~landscape.operators.distributed.DistributedOperator`)."""
+    shard of ``data``, all-reduced, a :class:`~landscape.operators.distributed.DistributedOperator`; ``compile``:
+    the Hessian's products through ``torch.compile``)."""
+    check_compile(kind, compile)
     if distributed:
         from landscape.operators.distributed import distributed_curvature_operator
 
         return distributed_curvature_operator(kind, model, loss, data, params=params, dtype=dtype,  # type: ignore
-                                              device=device, seed=seed)
+                                              device=device, seed=seed, compile=compile)
     common = dict(params=params, dtype=dtype, device=device)
     if kind == "hessian":
-        return HessianOperator(model, loss, data, **common)
+        return HessianOperator(model, loss, data, compile=compile, **common)
     if kind == "ggn":
         return GGNOperator(model, loss, data, **common)
     if kind == "fisher":

@@ -61,6 +61,9 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: 80)")
     p.add_argument("--per-layer", action="store_true", help="repeat the metrics for each module's parameters")
     p.add_argument("--save-vectors", action="store_true", help="store the top eigenvectors too (k × parameters)")
+    p.add_argument("--compile", action="store_true", help="run the Hessian-vector product through torch.compile "
+                   "(forward-over-reverse): the first products pay seconds to a minute of compilation; worth it for "
+                   "large models the built-in layerwise path does not cover, on GPU above all")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="precision of the curvature "
                    "(default: float32)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -153,7 +156,7 @@ def _analyze(args: argparse.Namespace, argv: Sequence[str], device: Optional[str
         top_k=args.top_k, tol=args.tol, trace_matvecs=args.trace_matvecs, trace_method=args.trace_method,
         density_probes=args.density_probes, density_steps=args.density_steps, per_layer=args.per_layer,
         dtype=DTYPES[args.dtype], device=device, seed=args.seed, save_vectors=args.save_vectors,
-        curvature=args.curvature, jacobian_outputs=args.jacobian_outputs,
+        curvature=args.curvature, jacobian_outputs=args.jacobian_outputs, compile=args.compile,
     )
     model_kwargs, data, loss = load_inputs(args)
     writer = not distributed or is_writer()

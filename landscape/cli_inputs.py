@@ -14,7 +14,7 @@ def add_input_arguments(p: argparse.ArgumentParser, *, exact: str) -> None:
     ``exact`` names what is exact under any batching (e.g. "the Hessian"), for --batch-size's help.
     """
     p.add_argument("--model", metavar="SPEC", help="architecture for state dicts: a built-in name (mlp, cnn, "
-                   "chebyshev) or package.module:factory (default: what the checkpoint records)")
+                   "chebyshev, resnet18) or package.module:factory (default: what the checkpoint records)")
     p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as a JSON "
                    "object, e.g. '{\"sizes\": [64, 128, 10]}' (default: what the checkpoint records, else none)")
     p.add_argument("--data", required=True, metavar="SPEC", help="a built-in data set (digits, chebyshev, teacher), "

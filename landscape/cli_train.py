@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, metavar="SPEC", help="mlp, cnn, chebyshev, or package.module:factory")
+    p.add_argument("--model", required=True, metavar="SPEC", help="mlp, cnn, chebyshev, resnet18, or "
+                   "package.module:factory")
     p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as JSON")
     p.add_argument("--data", required=True, metavar="SPEC", help="digits, chebyshev, teacher, a .npz/.pt/.h5 file "
                    "or package.module:function (its train split trains, its test split, when there is one, is "
@@ -75,6 +76,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "recorded too, as lambda_max_<name> (e.g. ggn)")
     p.add_argument("--track-jacobian", action="store_true", help="record the mean and max input-output Jacobian "
                    "norms over the training data (jacobian_mean, jacobian_max: spectral; jacobian_frobenius_mean)")
+    p.add_argument("--compile", action="store_true", help="run the tracker's Hessian-vector products through "
+                   "torch.compile (compiled once per run, on the first record)")
     p.add_argument("--save-every", type=int, default=0, metavar="N", help="checkpoint every N steps (default: only "
                    "at the end)")
     p.add_argument("--target-loss", type=float, help="stop once a record's train loss is at most this")
@@ -129,7 +132,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], device: Optional[str],
         optimizer=args.optimizer, lr=args.lr, hyperparameters=parse_hparams(args.hparam), steps=args.steps,
         batch_size=args.batch_size, schedule=args.schedule, warmup=args.warmup, track_every=args.track_every,
         tracker=TrackerSettings(top_k=args.track_top_k, tol=args.track_tol, trace_matvecs=args.track_trace_matvecs,
-                                curvature=args.curvature, jacobian=args.track_jacobian,
+                                curvature=args.curvature, jacobian=args.track_jacobian, compile=args.compile,
                                 also_lambda_max=tuple(k.strip() for k in args.track_also.split(",") if k.strip())),
         save_every=args.save_every, target_loss=args.target_loss, target_accuracy=args.target_accuracy,
         seed=args.seed,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape.analysis import CURVATURES, curvature_operator, fit
+from landscape.analysis import CURVATURES, check_compile, curvature_operator, fit
 from landscape.errors import OptionError
 from landscape.linalg import hutchpp, lanczos
 from landscape.operators.distributed import local_num_samples, reduce_fit, shard_data
@@ -31,6 +31,7 @@ class TrackerSettings:
     curvature: str = "hessian"  # the matrix of lambda_max and the trace: hessian, ggn, fisher, empirical-fisher
     also_lambda_max: tuple[str, ...] = ()  # other matrices whose λmax is recorded as lambda_max_<name>
     jacobian: bool = False  # record the mean and max Jacobian norms over the training data
+    compile: bool = False  # torch.compile the Hessian-vector product (forward-over-reverse)
     dtype: Optional[torch.dtype] = None
     device: Optional[str] = None
     seed: int = 0
@@ -40,6 +41,7 @@ def _check(settings: TrackerSettings) -> None:
     for kind in (settings.curvature, *settings.also_lambda_max):
         if kind not in CURVATURES:
             raise OptionError(f"curvature {kind!r} is not one of {', '.join(CURVATURES)} (--curvature, --track-also)")
+    check_compile(settings.curvature, settings.compile)
 
 
 class CurvatureTracker:
@@ -66,7 +68,8 @@ class CurvatureTracker:
         """Top eigenpairs of the ``kind`` matrix, warm-started from its previous top eigenvector."""
         s = self.settings
         op = curvature_operator(kind, model, self.loss, self.train_data, dtype=s.dtype, device=s.device,
-                                seed=_seed(s.seed, step), distributed=self.distributed)
+                                seed=_seed(s.seed, step), distributed=self.distributed,
+                                compile=s.compile and kind == "hessian")
         v0 = self.previous.get(kind) if s.warm_start else None
         k = min(s.top_k if kind == s.curvature else 1, op.shape[0])
         eig = lanczos(op, k, tol=s.tol, v0=v0, seed=_seed(s.seed, step), progress=False)

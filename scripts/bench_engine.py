@@ -1,9 +1,13 @@
 """Benchmark the curvature engine on the reference workloads W1, W2, W3 and print the issue's target figures.
 
-    python scripts/bench_engine.py --bench ../shared/bench [--repeats 5] [--threads 2] [--only hvp,eigen,trace,density]
+    python scripts/bench_engine.py --bench ../shared/bench [--repeats 5] [--threads 2] [--device cpu]
+        [--only hvp,eigen,trace,density,compile,resnet]
 
 Reads digits.npz, w1.pt, w2.pt, w3.pt and the exact spectra w1_truth.npz, w2_truth.npz from ``--bench``.
 Timings are medians over ``--repeats`` runs, float32, ``--threads`` CPU threads, full digits data as one batch.
+``compile`` compares the torch.compile'd forward-over-reverse product with the eager paths on W1-W3; ``resnet``
+times a ResNet-18 (11.2M parameters) on synthetic 32×32 images (``--resnet-batch``, 512 by default on CUDA): gradient,
+one HVP per product path, a 16-column block, and Lanczos top-1/top-5 (the GPU figures of issue 8).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import torch
 from torch import nn
 
 from landscape import HessianOperator, hutchinson, hutchpp, krylov_hutchinson, lanczos, spectral_density
-from landscape.models import cnn, mlp
+from landscape.models import cnn, mlp, resnet18
+
+DEVICE = torch.device("cpu")  # set by --device
 
 # W3's top-5 from scipy eigsh in float64 with tol 0 (shared/bench/README.md): no dense answer exists for 1.08M params.
 W3_TOP5 = np.array([0.1108068, 0.0867240, 0.0707441, 0.0535318, 0.0483125])
@@ -32,16 +38,24 @@ def load_workload(bench: Path, name: str) -> tuple[nn.Module, tuple[torch.Tensor
     if name == "w2":
         X = X.reshape(-1, 1, 8, 8)
     model.load_state_dict(torch.load(bench / f"{name}.pt", weights_only=True))
-    return model.eval(), (X, y)
+    return model.eval().to(DEVICE), (X.to(DEVICE), y.to(DEVICE))
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a timing covers it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -71,7 +85,7 @@ def bench_hvp(bench: Path, repeats: int) -> None:
         t_grad = median_time(gradient, reps, warmup=3)
         op = operator(model, (X, y))
         gen = torch.Generator().manual_seed(0)
-        V = torch.randn(16, op.shape[0], generator=gen)
+        V = torch.randn(16, op.shape[0], generator=gen).to(DEVICE)
         t_hvp = median_time(lambda: op.matvec(V[0]), reps, warmup=3)
         rev = operator(model, (X, y), product="reverse")
         t_rev = median_time(lambda: rev.matvec(V[0]), reps, warmup=3)
@@ -91,9 +105,9 @@ def bench_hvp(bench: Path, repeats: int) -> None:
 
 def true_relative_residuals(op: HessianOperator, values: np.ndarray, vectors: torch.Tensor) -> np.ndarray:
     HV = op.matmat(vectors)
-    lam = torch.as_tensor(values, dtype=vectors.dtype)
+    lam = torch.as_tensor(values, dtype=vectors.dtype, device=vectors.device)
     res = (HV - lam[:, None] * vectors).norm(dim=1) / vectors.norm(dim=1)
-    return res.double().numpy() / np.abs(values)
+    return res.double().cpu().numpy() / np.abs(values)
 
 
 def bench_eigen(bench: Path, repeats: int) -> None:
@@ -134,7 +148,7 @@ def bench_trace(bench: Path, seeds: int) -> None:
         model, data = load_workload(bench, name)
         exact = float(np.load(bench / f"{name}_truth.npz")["trace"])
         op = operator(model, data)
-        v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(1))
+        v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(1)).to(DEVICE)
         sequential = 99 * median_time(lambda: op.matvec(v), 10, warmup=2)
         for method in (krylov_hutchinson, hutchpp, hutchinson):
             errors, times = [], []
@@ -177,6 +191,81 @@ def bench_density(bench: Path, repeats: int) -> None:
           f"({'met' if ratio >= 2 else 'missed'}: {ratio:.2f}×) | |")
 
 
+def first_call(fn: Callable[[], object]) -> float:
+    """Seconds of one call (the first product of a compiled operator: mostly its compilation)."""
+    synchronize()
+    start = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - start
+
+
+def bench_compile(bench: Path, repeats: int) -> None:
+    print("\n## 5. torch.compile of the forward-over-reverse product (float32, full data as one batch)\n")
+    print("| workload | default path | forward, eager | forward, compiled | compile time | 16-col block per column, "
+          "eager / compiled |")
+    print("|---|---|---|---|---|---|")
+    for name in ("w1", "w2", "w3"):
+        model, data = load_workload(bench, name)
+        reps = repeats * (4 if name != "w3" else 1)
+        default = operator(model, data)
+        eager = operator(model, data, product="forward")
+        compiled = operator(model, data, compile=True)
+        V = torch.randn(16, default.shape[0], generator=torch.Generator().manual_seed(0)).to(DEVICE)
+        first = first_call(lambda: compiled.matvec(V[0]))
+        t_default = median_time(lambda: default.matvec(V[0]), reps, warmup=2)
+        t_eager = median_time(lambda: eager.matvec(V[0]), reps, warmup=2)
+        t_compiled = median_time(lambda: compiled.matvec(V[0]), reps, warmup=2)
+        first_call(lambda: compiled.matmat(V))  # the 16-column block compiles once more
+        t_block_eager = median_time(lambda: eager.matmat(V), max(3, repeats // 2), warmup=1) / 16
+        t_block_compiled = median_time(lambda: compiled.matmat(V), max(3, repeats // 2), warmup=1) / 16
+        print(f"| {name.upper()} | {fmt_time(t_default)} ({default.product}) | {fmt_time(t_eager)} "
+              f"| {fmt_time(t_compiled)} ({t_eager / t_compiled:.2f}× eager) | {first:.1f} s "
+              f"| {fmt_time(t_block_eager)} / {fmt_time(t_block_compiled)} |")
+
+
+def bench_resnet(batch: int, width: int, repeats: int) -> None:
+    model = resnet18(width=width).eval().to(DEVICE)
+    n = sum(p.numel() for p in model.parameters())
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(batch, 3, 32, 32, generator=gen).to(DEVICE)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(DEVICE)
+    data = (X, y)
+    print(f"\n## 6. ResNet-18 ({n / 1e6:.1f}M parameters, width {width}) on {batch} synthetic 32×32 images, "
+          f"float32, {DEVICE}\n")
+
+    def gradient() -> None:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(X), y).backward()
+
+    t_grad = median_time(gradient, repeats, warmup=2)
+    v = torch.randn(n, generator=gen).to(DEVICE)
+    V = torch.randn(16, n, generator=gen).to(DEVICE)
+    print("| product | one HVP | HVP / gradient | 16-col block: columns per second |")
+    print("|---|---|---|---|")
+    print(f"| gradient (fwd+bwd) | {fmt_time(t_grad)} | 1 | |")
+    rows = {"reverse (default)": operator(model, data), "forward (jvp∘grad)": operator(model, data, product="forward"),
+            "forward, compiled": operator(model, data, compile=True)}
+    for label, op in rows.items():
+        extra = ""
+        if op is rows["forward, compiled"]:
+            extra = f" (compile {first_call(lambda: op.matvec(v)) + first_call(lambda: op.matmat(V)):.0f} s)"
+        t = median_time(lambda: op.matvec(v), repeats, warmup=1)
+        t_block = median_time(lambda: op.matmat(V), max(2, repeats // 2), warmup=1)
+        print(f"| {label}{extra} | {fmt_time(t)} | {t / t_grad:.2f} | {16 / t_block:.1f} |")
+    print("\n| Lanczos (default product) | HVPs | time | top eigenvalue | max rel. residual |")
+    print("|---|---|---|---|---|")
+    for k, tol in ((1, 1e-3), (5, 1e-3)):
+        op = operator(model, data)
+        synchronize()
+        start = time.perf_counter()
+        result = lanczos(op, k, tol=tol, seed=0, progress=False)
+        synchronize()
+        seconds = time.perf_counter() - start
+        print(f"| top-{k}, tol {tol:g} | {result.num_matvecs} | {fmt_time(seconds)} | {result.values[0]:.5g} "
+              f"| {result.residuals.max():.1e} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "bench",
@@ -184,10 +273,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median reported)")
     parser.add_argument("--seeds", type=int, default=10, help="seeds for the trace accuracy figure")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--only", default="hvp,eigen,trace,density", help="comma-separated subset of sections")
+    parser.add_argument("--only", default="hvp,eigen,trace,density", help="comma-separated subset of sections: "
+                        "hvp, eigen, trace, density, compile, resnet (default: the first four)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--resnet-batch", type=int, help="images per batch for --only resnet (default: 512 on CUDA, "
+                        "32 on CPU)")
+    parser.add_argument("--resnet-width", type=int, default=64, help="ResNet-18 base width (default: 64)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    print(f"# landscape engine benchmark — torch {torch.__version__}, {args.threads} threads, float32")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{args.threads} threads"
+    print(f"# landscape engine benchmark — torch {torch.__version__}, {DEVICE} ({where}), float32")
     sections = set(args.only.split(","))
     if "hvp" in sections:
         bench_hvp(args.bench, args.repeats)
@@ -197,6 +294,11 @@ def main() -> None:
         bench_trace(args.bench, args.seeds)
     if "density" in sections:
         bench_density(args.bench, args.repeats)
+    if "compile" in sections:
+        bench_compile(args.bench, args.repeats)
+    if "resnet" in sections:
+        batch = args.resnet_batch or (512 if DEVICE.type == "cuda" else 32)
+        bench_resnet(batch, args.resnet_width, args.repeats)
 
 
 if __name__ == "__main__":

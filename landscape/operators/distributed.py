@@ -252,13 +252,14 @@ def distributed_gradient(op: LinearOperator, *, group: Any = None) -> torch.Tens
 def distributed_curvature_operator(kind: str, model: Any, loss: Any, data: Any, *, group: Any = None,
                                    sharded: bool = False, params: Optional[Sequence[str]] = None,
                                    dtype: Optional[torch.dtype] = None, device: Optional[str] = None,
-                                   seed: int = 0) -> DistributedOperator:
+                                   seed: int = 0, compile: bool = False) -> DistributedOperator:
     """:func:`landscape.analysis.curvature_operator` of this rank's shard of ``data``, wrapped in a
     :class:`DistributedOperator`. ``data`` is the whole data set (the same on every rank) unless ``sharded``."""
     from landscape.analysis import curvature_operator
 
     local = data if sharded else shard_data(data, group=group)
-    op = curvature_operator(kind, model, loss, local, params=params, dtype=dtype, device=device, seed=seed)
+    op = curvature_operator(kind, model, loss, local, params=params, dtype=dtype, device=device, seed=seed,
+                            compile=compile)
     return DistributedOperator(op, group=group)
 
 

@@ -192,6 +192,11 @@ class HessianOperator(ModelOperator):
     - ``"auto"``: ``"layerwise"`` where it applies, else ``"reverse"``: the fastest in our measurements on CPU
       (``scripts/bench_engine.py``).
 
+    ``compile=True`` runs the forward-over-reverse product through ``torch.compile`` (``product`` must be
+    ``"auto"`` or ``"forward"``): the first product of each block width pays the compilation (seconds to a minute),
+    later ones run the fused kernels. It serves models the layerwise sweeps do not cover (residual networks,
+    normalisation layers); ``scripts/bench_engine.py --only compile`` measures it against the other paths.
+
     ``vectorize`` batches the columns of a block through one vmapped call (``is_grads_batched``) on the reverse
     path; it defaults to True on CUDA and False on CPU, where a column loop over the shared graph was faster.
     The model is never modified: parameters and buffers are copied to ``dtype``/``device`` and the model runs
@@ -209,10 +214,17 @@ class HessianOperator(ModelOperator):
         device: Optional[torch.device | str] = None,
         product: str = "auto",
         vectorize: Optional[bool] = None,
+        compile: bool = False,
     ) -> None:
         if product not in PRODUCTS:
             raise OptionError(f"product must be one of {PRODUCTS}, got {product!r}")
-        self._product_requested = product
+        if compile and product not in ("auto", "forward"):
+            raise OptionError(f'compile=True compiles the forward-over-reverse product; product={product!r} cannot be '
+                              'compiled (use product="forward" or "auto")')
+        self._product_requested = "forward" if compile else product
+        self._compile_requested = compile
+        self._compiled: Optional[Callable[..., torch.Tensor]] = None
+        self._compiled_once = False
         self._vectorize_requested = vectorize
         self._graph: Optional[GradientGraph] = None
         self._sweeps: Optional[layerwise.LayerwiseHVP] = None
@@ -230,6 +242,8 @@ class HessianOperator(ModelOperator):
         if product == "forward" and is_scripted(self.model):
             raise OptionError('product="forward" needs torch.func, which TorchScript modules refuse; use "reverse"')
         self.product = ("layerwise" if fits else "reverse") if product == "auto" else product
+        if self._compile_requested:
+            self._compiled = compiled_forward_product()
         vectorize = self._vectorize_requested
         self.vectorize = (self.device.type == "cuda") if vectorize is None else bool(vectorize)
 
@@ -295,19 +309,48 @@ class HessianOperator(ModelOperator):
         return out
 
     def _forward(self, batch: Any, blocks: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        argnums = tuple(range(len(self.params)))
-        gradient = grad(lambda *ps: self.batch_loss(ps, batch), argnums=argnums)
-
-        def hvp(*tangents: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return jvp(gradient, self.params, tangents)[1]
-
-        if blocks[0].shape[0] == 1:
-            out = self.layout.flatten(hvp(*(b[0] for b in blocks))).unsqueeze(0)
+        if self._compiled is None:
+            out = forward_product(self, self.params, batch, blocks)
+        elif self._compiled_once:
+            out = self._compiled(self, self.params, batch, blocks)
         else:
-            out = self.layout.flatten(vmap(hvp)(*blocks), batched=True)
+            try:
+                out = self._compiled(self, self.params, batch, blocks)
+            except Exception as err:  # noqa: BLE001 - compilation failures come in many types; name the option
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise OptionError(f"torch.compile of the Hessian-vector product failed ({type(err).__name__}: "
+                                  f"{first}); run without --compile (compile=False)") from err
+            self._compiled_once = True
         return self._require_finite(out)  # a NaN loss cannot be tested inside jvp/vmap; its products show it
 
     def release(self) -> None:
         """Drop the cached gradient graph or sweeps (they hold the activations of the single batch)."""
         self._graph = None
         self._sweeps = None
+
+
+def forward_product(op: HessianOperator, params: tuple[torch.Tensor, ...], batch: Any,
+                    blocks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The (k, n) forward-over-reverse product ``jvp(grad(loss))`` of one batch, vmapped over the k columns."""
+    gradient = grad(lambda *ps: op.batch_loss(ps, batch), argnums=tuple(range(len(params))))
+
+    def hvp(*tangents: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return jvp(gradient, params, tangents)[1]
+
+    if blocks[0].shape[0] == 1:
+        return op.layout.flatten(hvp(*(b[0] for b in blocks))).unsqueeze(0)
+    return op.layout.flatten(vmap(hvp)(*blocks), batched=True)
+
+
+_COMPILED: Optional[Callable[..., torch.Tensor]] = None
+
+
+def compiled_forward_product() -> Callable[..., torch.Tensor]:
+    """:func:`forward_product` under ``torch.compile``, made once per process so that every operator shares its
+    compiled graphs (a new operator on the same kind of model reuses them instead of compiling again). Shapes are
+    static (``dynamic=False``): forward-mode duals do not trace with symbolic shapes, so each new model or batch
+    shape compiles once more."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(forward_product, dynamic=False)
+    return _COMPILED
