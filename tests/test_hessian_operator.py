@@ -269,3 +269,28 @@ def test_gradient_is_the_mean_gradient_over_streamed_batches():
     model64 = copy.deepcopy(model).double()
     expected = torch.cat([g.flatten() for g in torch.autograd.grad(mean_ce(model64(X), y), model64.parameters())])
     torch.testing.assert_close(op.gradient(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_resnet18_products_match_dense_on_selected_parameters():
+    """The built-in ResNet-18 (BatchNorm in eval mode, residual shortcuts) through the default product path, on the
+    parameters of its last block's second BatchNorm and its classifier, against torch.func.hessian in float64."""
+    from landscape.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=3, width=4).double().eval()
+    gen = torch.Generator().manual_seed(1)
+    X, y = torch.randn(6, 3, 8, 8, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    names = [n for n, _ in model.named_parameters() if n.startswith(("10.bn2", "13."))]
+    op = HessianOperator(model, mean_ce, (X, y), params=names)
+    assert op.product == "reverse"
+    state = {n: p.detach() for n, p in model.named_parameters()} | dict(model.named_buffers())
+
+    def loss(*selected: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(model, state | dict(zip(names, selected)), (X,))
+        return mean_ce(out, y)
+
+    blocks = torch.func.hessian(loss, argnums=tuple(range(len(names))))(*(state[n] for n in names))
+    dense = torch.cat([torch.cat([blocks[i][j].reshape(state[a].numel(), state[b].numel())
+                                  for j, b in enumerate(names)], dim=1) for i, a in enumerate(names)])
+    V = randn(op.shape[0], 3, seed=4)
+    assert rel(op.matmat(V), V @ dense.T) < 1e-10
