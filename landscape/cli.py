@@ -130,20 +130,11 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def run_analyze_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from landscape.operators.distributed import launched_by_torchrun
+    """Analyse in this process, or, launched by torchrun, over every rank's shard (rank 0 writes and prints)."""
+    from landscape.operators.distributed import run_launched
 
-    if not launched_by_torchrun():
-        return _analyze(args, argv, args.device, distributed=False)
-    # Launched by torchrun (WORLD_SIZE > 1): one process group for the run, rank 0 writes and prints.
-    import torch.distributed
-
-    from landscape.operators.distributed import init_from_env
-
-    device = init_from_env(args.device)
-    try:
-        return _analyze(args, argv, device, distributed=True)
-    finally:
-        torch.distributed.destroy_process_group()
+    return run_launched(lambda device, distributed: _analyze(args, argv, device, distributed=distributed),
+                        args.device)
 
 
 def _analyze(args: argparse.Namespace, argv: Sequence[str], device: Optional[str], *, distributed: bool) -> int:

@@ -109,15 +109,9 @@ def parse_hparams(items: Sequence[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Train in this process, or, launched by torchrun, data-parallel on every rank (rank 0 writes and prints)."""
-    from landscape.operators.distributed import init_from_env, launched_by_torchrun
+    from landscape.operators.distributed import run_launched
 
-    if not launched_by_torchrun():
-        return _train(args, argv, args.device, distributed=False)
-    device = init_from_env(args.device)
-    try:
-        return _train(args, argv, device, distributed=True)
-    finally:
-        torch.distributed.destroy_process_group()
+    return run_launched(lambda device, distributed: _train(args, argv, device, distributed=distributed), args.device)
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str], device: Optional[str], *, distributed: bool) -> int:

@@ -25,7 +25,7 @@ labels per rank from the shared seed, so it is a different (equally valid) draw 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -79,6 +79,18 @@ def init_from_env(device: Optional[str] = None) -> Optional[str]:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     return device
+
+
+def run_launched(work: Callable[[Optional[str], bool], int], device: Optional[str]) -> int:
+    """``work(device, distributed)``: in this process, or, launched by torchrun (``WORLD_SIZE`` > 1), inside one
+    process group for the whole command (the device becomes each rank's own, see :func:`init_from_env`)."""
+    if not launched_by_torchrun():
+        return work(device, False)
+    rank_device = init_from_env(device)
+    try:
+        return work(rank_device, True)
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def broadcast_object(value: Any, *, src: int = 0, group: Any = None) -> Any:
