@@ -31,6 +31,7 @@ KINDS = {
     "surface": Kind("surface:plot_surface", "one results file with a surface", True, ("checkpoint", "view")),
     "compare": Kind("compare:plot_compare", "results and run files", False, ()),
     "sam": Kind("sam:plot_sam", "run files", False, ("labels",)),
+    "peers": Kind("peers:plot_peers", "benchmark files from scripts/bench_peers.py", False, ()),
 }
 VIEWS = ("auto", "1d", "contour", "3d")
 
@@ -44,8 +45,10 @@ kinds (FILE is an HDF5 file written by landscape train (a run file) or landscape
   surface     the loss surface around a checkpoint (--view); one results file with a surface
   compare     flatness measures of several checkpoints and runs side by side, as bars; results and run files
   sam         the iterate along the top Hessian eigenvector (SAM's bouncing) and λmax; run files
+  peers       error against wall time of landscape and PyHessian, hessian-eigenthings, curvlinops, one panel per
+              task; benchmark files from scripts/bench_peers.py
 Without --kind it is guessed from the first FILE: a run file gives sharpening, a results file with a surface gives
-surface, one with a spectral density gives spectrum.
+surface, one with a spectral density gives spectrum, a benchmark file (with a /peers group) gives peers.
 
 examples:
   landscape plot results.h5 -o figures/spectrum                  # --kind spectrum, guessed
@@ -80,10 +83,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def guess_kind(path: Path) -> str:
-    """sharpening for a run file; surface or spectrum for a results file holding one (surface first)."""
+    """sharpening for a run file; surface or spectrum for a results file holding one (surface first); peers for a
+    benchmark file of scripts/bench_peers.py."""
     from landscape import store
 
     with store.open_results(path) as handle:
+        if "peers" in handle:
+            return "peers"
         if "run" in handle:
             return "sharpening"
         groups = list(handle.get("checkpoints", {}).values())
@@ -132,7 +138,7 @@ def draw(kind: str, paths: list[Path], output: Path, args: argparse.Namespace) -
         function(paths[0], output, checkpoints=args.checkpoint, labels=args.labels)
     elif kind == "surface":
         function(paths[0], output, checkpoint=args.checkpoint[0] if args.checkpoint else None, view=args.view)
-    elif kind == "compare":
+    elif kind in ("compare", "peers"):
         function(paths, output)
     else:
         function(paths, output, labels=args.labels)
