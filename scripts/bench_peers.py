@@ -699,36 +699,99 @@ def floor_for(task: str, dtype: str, precision: float) -> float:
     return max(10 * float(torch.finfo(DTYPES[dtype]).eps), precision)
 
 
-def verdict(group: Sequence[Summary], floor: float) -> str:
+@dataclass(frozen=True)
+class Verdict:
     """Our fastest row at least as accurate as the best peer (up to ``floor``) against the fastest such peer."""
+
+    status: str  # "met", "missed (time)", "missed (accuracy)" or "no verdict"
+    floor: float
+    best_error: float = math.nan  # the most accurate peer's error
+    peer: Optional[Summary] = None  # the fastest peer at that accuracy
+    ours: Optional[Summary] = None  # ours at that accuracy (missed (accuracy): our most accurate row)
+    reason: str = ""  # why there is no verdict
+
+    @property
+    def speedup(self) -> float:
+        return self.peer.seconds / self.ours.seconds if self.peer and self.ours else math.nan
+
+
+def judge(group: Sequence[Summary], floor: float) -> Verdict:
+    """The :class:`Verdict` of one workload × dtype × task."""
     peers = [s for s in group if s.library != OURS and math.isfinite(s.error)]
     ours = [s for s in group if s.library == OURS and math.isfinite(s.error)]
     if not peers or not ours:
-        return "no verdict: " + ("no peer row with an error" if ours else "no reference to measure errors against")
+        return Verdict("no verdict", floor, reason="no peer row with an error" if ours else
+                       "no reference to measure errors against")
     best = min(s.error for s in peers)
     reach = max(best, floor)
     peer = min((s for s in peers if s.error <= reach), key=lambda s: s.seconds)
-    peer_text = f"{peer.library} {peer.method} ({peer.settings}): err {peer.error:.1e}, {fmt_time(peer.seconds)}, " \
-                f"{peer.products:.0f} products"
-    floor_text = f" (errors below {floor:.0e} count as equal)" if floor > best else ""
     mine = [s for s in ours if s.error <= reach]
     if not mine:
-        closest = min(ours, key=lambda s: s.error)
-        return (f"missed (accuracy): our most accurate {closest.method} err {closest.error:.1e} "
-                f"({closest.products:.0f} products) vs best peer {peer_text}{floor_text}")
+        return Verdict("missed (accuracy)", floor, best, peer, min(ours, key=lambda s: s.error))
     me = min(mine, key=lambda s: s.seconds)
-    speedup = peer.seconds / me.seconds
-    status = "met" if me.seconds <= peer.seconds else "missed (time)"
+    return Verdict("met" if me.seconds <= peer.seconds else "missed (time)", floor, best, peer, me)
+
+
+def verdict(group: Sequence[Summary], floor: float) -> str:
+    """:func:`judge` as one line of text."""
+    v = judge(group, floor)
+    if v.status == "no verdict":
+        return f"no verdict: {v.reason}"
+    peer, me = v.peer, v.ours
+    peer_text = f"{peer.library} {peer.method} ({peer.settings}): err {peer.error:.1e}, {fmt_time(peer.seconds)}, " \
+                f"{peer.products:.0f} products"
+    floor_text = f" (errors below {v.floor:.0e} count as equal)" if v.floor > v.best_error else ""
+    if v.status == "missed (accuracy)":
+        return (f"missed (accuracy): our most accurate {me.method} err {me.error:.1e} "
+                f"({me.products:.0f} products) vs best peer {peer_text}{floor_text}")
     per_product = [fmt_time(s.seconds / max(s.products, 1)) for s in (me, peer)]
-    why = "" if status == "met" else f"; per product {per_product[0]} vs {per_product[1]}"
-    return (f"{status}: ours {me.method} err {me.error:.1e}, {fmt_time(me.seconds)}, {me.products:.0f} products vs "
-            f"{peer_text}: {speedup:.2f}x{floor_text}{why}")
+    why = "" if v.status == "met" else f"; per product {per_product[0]} vs {per_product[1]}"
+    return (f"{v.status}: ours {me.method} err {me.error:.1e}, {fmt_time(me.seconds)}, {me.products:.0f} products "
+            f"vs {peer_text}: {v.speedup:.2f}x{floor_text}{why}")
+
+
+def summary_table(rows: Sequence[Row], precision: dict[str, float]) -> str:
+    """One line per workload × dtype × task: the best peer accuracy, the fastest peer and our fastest row there."""
+    summaries = summarize(rows)
+    lines = ["| workload | dtype | task | best peer error | fastest peer at that error | ours at that error "
+             "| speed-up | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((s.workload, s.dtype, s.task) for s in summaries):
+        group = [s for s in summaries if (s.workload, s.dtype, s.task) == key]
+        v = judge(group, floor_for(key[2], key[1], precision.get(key[0], 0.0)))
+        if v.status == "no verdict":
+            lines.append(f"| {key[0].upper()} | {key[1]} | {key[2]} | - | - | - | - | {v.reason} |")
+            continue
+
+        def cell(s: Summary) -> str:
+            return f"{s.library} {s.method}: {s.error:.1e} in {fmt_time(s.seconds)} ({s.products:.0f} products)"
+
+        speedup = f"{v.speedup:.2f}×" if v.status != "missed (accuracy)" else "-"
+        lines.append(f"| {key[0].upper()} | {key[1]} | {key[2]} | {v.best_error:.1e} | {cell(v.peer)} "
+                     f"| {cell(v.ours)} | {speedup} | {v.status} |")
+    return "\n".join(lines)
+
+
+def read_rows(path: Path) -> tuple[list[Row], dict[str, Any]]:
+    """The rows and the attributes stored by :func:`write_hdf5` (for ``--report``)."""
+    import h5py
+
+    with store.open_results(path) as handle:
+        if "peers" not in handle:
+            raise OptionError(f"--report {path}: the file has no /peers group (write it with this script)")
+        group = handle["peers"]
+        columns = {f.name: (group[f.name].asstr()[()] if h5py.check_string_dtype(group[f.name].dtype)
+                            else group[f.name][()]) for f in fields(Row)}
+        attrs = store.get_attrs(group)
+    kinds = {"str": str, "int": int, "float": float}
+    rows = [Row(**{f.name: kinds[f.type](columns[f.name][i]) for f in fields(Row)})
+            for i in range(len(columns["task"]))]
+    return rows, attrs
 
 
 def markdown(rows: Sequence[Row], precision: dict[str, float]) -> str:
-    """One table per task, each followed by its verdict lines."""
+    """The summary table, then one table per task, each followed by its verdict lines."""
     summaries = summarize(rows)
-    lines = []
+    lines = ["\n### summary: our fastest row at the most accurate peer's accuracy\n", summary_table(rows, precision)]
     for task in TASKS:
         part = [s for s in summaries if s.task == task]
         if not part:
@@ -787,6 +850,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         f"(default: {','.join(PEERS)}); one not installed is skipped")
     parser.add_argument("-o", "--output", type=Path, default=Path("bench_peers.h5"),
                         help="HDF5 file for the raw rows, group /peers (default: bench_peers.h5)")
+    parser.add_argument("--report", type=Path, metavar="FILE", help="print the tables again from the rows an earlier "
+                        "run stored in FILE, measuring nothing")
     parser.add_argument("--quick", action="store_true", help="smoke run: W1 float32 only (unless a custom workload "
                         "is given), 2 seeds, budget 21, matched densities of 2x20 and 1x25 products")
     custom = parser.add_argument_group("custom workload (instead of --workloads)")
@@ -814,8 +879,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(tasks=tasks, peers=peers, seeds=args.seeds, budget=args.budget)
 
 
+def report(path: Path) -> int:
+    """Print the tables again from a finished (or stopped) run's HDF5 rows, without measuring anything."""
+    rows, attrs = read_rows(path)
+    print(f"# landscape vs peers — from {path}: {attrs.get('machine', '')}, torch {attrs.get('torch_version', '')}, "
+          + ", ".join(f"{key[:-8]} {value}" for key, value in attrs.items() if key.endswith("_version")
+                      and key != "torch_version"))
+    print(markdown(rows, {name: float(value) for name, value in attrs.get("precision", {}).items()}))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        return report(args.report)
     torch.set_num_threads(args.threads)
     settings = settings_from(args)
     store.check_writable(args.output)
@@ -847,6 +924,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    f"{args.threads} torch threads",
         "threads": args.threads,
         "truth": {w.name: w.truth for w in workloads},
+        "precision": {w.name: w.precision for w in workloads},
         "settings": {"seeds": settings.seeds, "budget": settings.budget, "matched_tol": settings.matched_tol,
                      "density_shapes": [list(s) for s in settings.density_shapes], "quick": args.quick},
     }

@@ -207,3 +207,26 @@ def _tiny_model(folder: Path) -> nn.Module:
 def _tiny_data(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     data = np.load(folder / "data.npz")
     return torch.as_tensor(data["X"]), torch.as_tensor(data["y"])
+
+
+def test_report_reprints_the_tables_from_the_stored_rows(bench):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert bench_peers.main(["--report", str(bench["path"])]) == 0
+    text = printed.getvalue()
+    assert "### summary" in text and "| workload | dtype | task | best peer error |" in text
+    # the per-task tables are rebuilt from the file exactly as the run printed them
+    assert text[text.index("\n### top1"):] == bench["printed"][bench["printed"].index("\n### top1"):].split(
+        "\nraw rows:")[0]
+
+
+def test_summary_table_names_the_rows_the_verdict_compares():
+    def row(library, method, seconds, error):
+        return bench_peers.Row("w1", "float32", "top1", library, method, "defaults", 0, seconds, 10, error,
+                               "max rel. err", "1.0")
+
+    rows = [row("landscape", "tight", 0.5, 1e-8), row("peer", "slow", 2.0, 1e-8), row("peer", "rough", 0.1, 1e-2)]
+    table = bench_peers.summary_table(rows, {})
+    line = table.splitlines()[-1]
+    assert "peer slow: 1.0e-08 in 2.00 s" in line and "landscape tight: 1.0e-08 in 500.0 ms" in line
+    assert "4.00×" in line and line.endswith("| met |")
