@@ -25,6 +25,7 @@ import copy
 import datetime
 import importlib.metadata
 import importlib.util
+import itertools
 import math
 import os
 import platform
@@ -85,6 +86,7 @@ class Settings:
     seeds: int = 5
     budget: int = 99
     density_shapes: tuple[tuple[int, int], ...] = ((10, 80), (1, 100))  # (probes, steps) of the matched runs
+    density_seeds: int = 3  # SLQ's error is random too: every library's density runs this many seeds
     matched_tol: float = 1e-6
     max_iter: int = 1000  # matched iteration cap of the peers' power iterations
 
@@ -322,9 +324,10 @@ def ours_trace(case: Case, settings: Settings) -> list[Row]:
 
 def ours_density(case: Case, settings: Settings) -> list[Row]:
     rows = []
-    for probes, steps in settings.density_shapes:
-        result, seconds, _ = timed(lambda: spectral_density(case.operator(), num_probes=probes, num_steps=steps))
-        rows.append(case.row("density", OURS, f"spectral_density({probes} probes x {steps} steps)", "ours", seed=0,
+    for (probes, steps), seed in itertools.product(settings.density_shapes, range(settings.density_seeds)):
+        result, seconds, _ = timed(lambda: spectral_density(case.operator(), num_probes=probes, num_steps=steps,
+                                                            seed=seed))
+        rows.append(case.row("density", OURS, f"spectral_density({probes} probes x {steps} steps)", "ours", seed=seed,
                              seconds=seconds, products=result.num_matvecs,
                              error=density_error(result.nodes, result.weights, case.workload.eigenvalues),
                              error_kind="W1 distance",
@@ -396,14 +399,15 @@ class PyHessian:
         except Exception as err:  # noqa: BLE001 - the failure itself is the measurement
             shipped = first_line(err)
         rows = [failed(self.case, "density", self.label, "density(iter=100, n_v=1), as shipped", shipped)]
-        with torch_eig_shim():
-            (nodes, weights), seconds, products = self._run(0, lambda h: h.density(iter=100, n_v=1))
-        nodes, weights = np.asarray(nodes, dtype=float), np.asarray(weights, dtype=float)
-        rows.append(self.case.row("density", self.label, "density(iter=100, n_v=1), torch.eig shimmed via eigh",
-                                  "defaults", seed=0, seconds=seconds, products=products,
-                                  error=density_error(nodes, weights, eigenvalues), error_kind="W1 distance",
-                                  values=mean_text(nodes, weights, eigenvalues),
-                                  note="torch.eig rebuilt from torch.linalg.eigh for this call only"))
+        for seed in range(settings.density_seeds):
+            with torch_eig_shim():
+                (nodes, weights), seconds, products = self._run(seed, lambda h: h.density(iter=100, n_v=1))
+            nodes, weights = np.asarray(nodes, dtype=float), np.asarray(weights, dtype=float)
+            rows.append(self.case.row("density", self.label, "density(iter=100, n_v=1), torch.eig shimmed via eigh",
+                                      "defaults", seed=seed, seconds=seconds, products=products,
+                                      error=density_error(nodes, weights, eigenvalues), error_kind="W1 distance",
+                                      values=mean_text(nodes, weights, eigenvalues),
+                                      note="torch.eig rebuilt from torch.linalg.eigh for this call only"))
         return rows
 
 
@@ -477,16 +481,17 @@ class Eigenthings:
         return rows
 
     def density(self, settings: Settings) -> list[Row]:
+        """Its defaults (10 runs × 80 steps), and each matched shape that differs from them."""
         he, eigenvalues = self.he, self.case.workload.eigenvalues
-        calls = [("spectral_density() [10 runs x 80 steps]", "defaults", lambda op: he.spectral_density(op, seed=0))]
-        for probes, steps in settings.density_shapes:
-            calls.append((f"spectral_density(num_runs={probes}, lanczos_steps={steps})", "matched",
-                          lambda op, p=probes, s=steps: he.spectral_density(op, num_runs=p, lanczos_steps=s, seed=0)))
+        calls = [("spectral_density() [10 runs x 80 steps]", "defaults", {})]
+        calls += [(f"spectral_density(num_runs={probes}, lanczos_steps={steps})", "matched",
+                   {"num_runs": probes, "lanczos_steps": steps})
+                  for probes, steps in settings.density_shapes if (probes, steps) != (10, 80)]
         rows = []
-        for method, kind, call in calls:
-            result, seconds, products = self._run(call)
+        for (method, kind, kw), seed in itertools.product(calls, range(settings.density_seeds)):
+            result, seconds, products = self._run(lambda op: he.spectral_density(op, seed=seed, **kw))
             nodes, weights = result.raw_eigenvalues.double().numpy(), result.raw_weights.double().numpy()
-            rows.append(self.case.row("density", self.label, method, kind, seed=0, seconds=seconds,
+            rows.append(self.case.row("density", self.label, method, kind, seed=seed, seconds=seconds,
                                       products=products, error=density_error(nodes, weights, eigenvalues),
                                       error_kind="W1 distance", values=mean_text(nodes, weights, eigenvalues)))
         return rows
@@ -577,13 +582,14 @@ class Curvlinops:
         """Papyan's SLQ returns a smoothed density on a grid (no nodes): the distance is taken from the grid."""
         eigenvalues = self.case.workload.eigenvalues
         rows = []
-        for kind, check in (("defaults", True), ("matched", False)):
+        for (kind, check), seed in itertools.product((("defaults", True), ("matched", False)),
+                                                     range(settings.density_seeds)):
             (grid, density), seconds, products = self._run(
-                lambda A: self.cl.lanczos_approximate_spectrum(A, ncv=100), check)
+                lambda A: self.cl.lanczos_approximate_spectrum(A, ncv=100), check, seed)
             grid, density = grid.double().numpy(), np.clip(density.double().numpy(), 0, None)
             rows.append(self.case.row("density", self.label,
                                       f"lanczos_approximate_spectrum(ncv=100) [+eigsh boundaries tol=1e-2, "
-                                      f"check_deterministic={check}]", kind, seed=0, seconds=seconds,
+                                      f"check_deterministic={check}]", kind, seed=seed, seconds=seconds,
                                       products=products, error=density_error(grid, density, eigenvalues),
                                       error_kind="W1 distance (from grid)",
                                       values=mean_text(grid, density, eigenvalues),
@@ -657,7 +663,8 @@ def run_case(case: Case, settings: Settings, peers: Sequence[str], log: Callable
 
 @dataclass
 class Summary:
-    """Rows of one method aggregated over seeds: mean seconds, products and error, and the largest error."""
+    """Rows of one method aggregated over seeds: mean seconds, products and error, the error's standard error over
+    the seeds (0 for one seed), and the largest error."""
 
     workload: str
     dtype: str
@@ -672,6 +679,7 @@ class Summary:
     values: str
     note: str
     seeds: int
+    error_se: float = 0.0
 
 
 def summarize(rows: Sequence[Row]) -> list[Summary]:
@@ -688,7 +696,9 @@ def summarize(rows: Sequence[Row]) -> list[Summary]:
         out.append(Summary(*key, seconds=float(np.mean([r.seconds for r in group])),
                            products=float(np.mean([r.products for r in group])),
                            error=float(np.mean(errors)), max_error=float(np.max(errors)), values=values,
-                           note=group[0].note, seeds=len(group)))
+                           note=group[0].note, seeds=len(group),
+                           error_se=float(np.std(errors, ddof=1) / math.sqrt(len(errors))) if len(errors) > 1
+                           else 0.0))
     return out
 
 
@@ -701,11 +711,16 @@ def floor_for(task: str, dtype: str, precision: float) -> float:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Our fastest row at least as accurate as the best peer (up to ``floor``) against the fastest such peer."""
+    """Our fastest row at least as accurate as the best peer (up to ``floor``) against the fastest such peer.
+
+    For seeded estimators (trace, density) "as accurate" means a mean error over the seeds no larger than the best
+    peer's mean plus two of its standard errors: closer than that, the seeds cannot tell the two apart.
+    """
 
     status: str  # "met", "missed (time)", "missed (accuracy)" or "no verdict"
     floor: float
-    best_error: float = math.nan  # the most accurate peer's error
+    best_error: float = math.nan  # the most accurate peer's (mean) error
+    reach: float = math.nan  # the error our row has to reach
     peer: Optional[Summary] = None  # the fastest peer at that accuracy
     ours: Optional[Summary] = None  # ours at that accuracy (missed (accuracy): our most accurate row)
     reason: str = ""  # why there is no verdict
@@ -722,14 +737,15 @@ def judge(group: Sequence[Summary], floor: float) -> Verdict:
     if not peers or not ours:
         return Verdict("no verdict", floor, reason="no peer row with an error" if ours else
                        "no reference to measure errors against")
-    best = min(s.error for s in peers)
-    reach = max(best, floor)
+    most_accurate = min(peers, key=lambda s: s.error)
+    best = most_accurate.error
+    reach = max(best + 2 * most_accurate.error_se, floor)
     peer = min((s for s in peers if s.error <= reach), key=lambda s: s.seconds)
     mine = [s for s in ours if s.error <= reach]
     if not mine:
-        return Verdict("missed (accuracy)", floor, best, peer, min(ours, key=lambda s: s.error))
+        return Verdict("missed (accuracy)", floor, best, reach, peer, min(ours, key=lambda s: s.error))
     me = min(mine, key=lambda s: s.seconds)
-    return Verdict("met" if me.seconds <= peer.seconds else "missed (time)", floor, best, peer, me)
+    return Verdict("met" if me.seconds <= peer.seconds else "missed (time)", floor, best, reach, peer, me)
 
 
 def verdict(group: Sequence[Summary], floor: float) -> str:
@@ -740,7 +756,9 @@ def verdict(group: Sequence[Summary], floor: float) -> str:
     peer, me = v.peer, v.ours
     peer_text = f"{peer.library} {peer.method} ({peer.settings}): err {peer.error:.1e}, {fmt_time(peer.seconds)}, " \
                 f"{peer.products:.0f} products"
-    floor_text = f" (errors below {v.floor:.0e} count as equal)" if v.floor > v.best_error else ""
+    floor_text = f" (errors below {v.floor:.0e} count as equal)" if v.floor > v.best_error else (
+        f" (errors up to {v.reach:.1e}, the best peer's mean + 2 standard errors, count as equal)"
+        if v.reach > v.best_error else "")
     if v.status == "missed (accuracy)":
         return (f"missed (accuracy): our most accurate {me.method} err {me.error:.1e} "
                 f"({me.products:.0f} products) vs best peer {peer_text}{floor_text}")
@@ -753,9 +771,11 @@ def verdict(group: Sequence[Summary], floor: float) -> str:
 def summary_table(rows: Sequence[Row], precision: dict[str, float]) -> str:
     """One line per workload × dtype × task: the best peer accuracy, the fastest peer and our fastest row there."""
     summaries = summarize(rows)
-    lines = ["| workload | dtype | task | best peer error | fastest peer at that error | ours at that error "
-             "| speed-up | verdict |", "|---|---|---|---|---|---|---|---|"]
-    for key in dict.fromkeys((s.workload, s.dtype, s.task) for s in summaries):
+    lines = ["| workload | dtype | task | best peer error (counts as equal up to) | fastest peer at that error "
+             "| ours at that error | speed-up | verdict |", "|---|---|---|---|---|---|---|---|"]
+    order = {task: i for i, task in enumerate(TASKS)}
+    for key in sorted(dict.fromkeys((s.workload, s.dtype, s.task) for s in summaries),
+                      key=lambda k: (k[0], k[1], order.get(k[2], len(order)))):
         group = [s for s in summaries if (s.workload, s.dtype, s.task) == key]
         v = judge(group, floor_for(key[2], key[1], precision.get(key[0], 0.0)))
         if v.status == "no verdict":
@@ -766,7 +786,8 @@ def summary_table(rows: Sequence[Row], precision: dict[str, float]) -> str:
             return f"{s.library} {s.method}: {s.error:.1e} in {fmt_time(s.seconds)} ({s.products:.0f} products)"
 
         speedup = f"{v.speedup:.2f}×" if v.status != "missed (accuracy)" else "-"
-        lines.append(f"| {key[0].upper()} | {key[1]} | {key[2]} | {v.best_error:.1e} | {cell(v.peer)} "
+        best = f"{v.best_error:.1e}" + (f" ({v.reach:.1e})" if v.reach > v.best_error else "")
+        lines.append(f"| {key[0].upper()} | {key[1]} | {key[2]} | {best} | {cell(v.peer)} "
                      f"| {cell(v.ours)} | {speedup} | {v.status} |")
     return "\n".join(lines)
 
@@ -796,14 +817,13 @@ def markdown(rows: Sequence[Row], precision: dict[str, float]) -> str:
         part = [s for s in summaries if s.task == task]
         if not part:
             continue
-        traced = task == "trace"
         lines += [f"\n### {task}\n",
                   "| workload | dtype | library | method | settings | products | seconds | values | error | note |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for s in part:
             seconds = fmt_time(s.seconds) if math.isfinite(s.seconds) else "-"
             error = "-" if not math.isfinite(s.error) else (
-                f"mean {s.error:.1e}, max {s.max_error:.1e} ({s.seeds} seeds)" if traced else f"{s.error:.1e}")
+                f"mean {s.error:.1e}, max {s.max_error:.1e} ({s.seeds} seeds)" if s.seeds > 1 else f"{s.error:.1e}")
             products = f"{s.products:.0f}" if s.products >= 0 else "-"
             lines.append(f"| {s.workload} | {s.dtype} | {s.library} | {s.method} | {s.settings} | {products} "
                          f"| {seconds} | {s.values} | {error} | {s.note} |")
@@ -844,14 +864,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--dtypes", default="float32,float64", help="float32,float64; W3 runs float32 only")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"subset of {','.join(TASKS)}")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per trace estimator (default: 5)")
+    parser.add_argument("--density-seeds", type=int, default=3, help="seeds per spectral density (default: 3)")
     parser.add_argument("--budget", type=int, default=99, help="products per trace estimate (default: 99)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--peers", default=",".join(PEERS), help="peers to run, comma-separated; '' for ours only "
                         f"(default: {','.join(PEERS)}); one not installed is skipped")
-    parser.add_argument("-o", "--output", type=Path, default=Path("bench_peers.h5"),
-                        help="HDF5 file for the raw rows, group /peers (default: bench_peers.h5)")
-    parser.add_argument("--report", type=Path, metavar="FILE", help="print the tables again from the rows an earlier "
-                        "run stored in FILE, measuring nothing")
+    parser.add_argument("-o", "--output", type=Path, help="HDF5 file for the raw rows, group /peers (default: "
+                        "bench_peers.h5); with --report, where the merged rows are written (default: nowhere)")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="FILE", help="print the tables again from the rows "
+                        "earlier runs stored, measuring nothing; a task a later FILE holds replaces the earlier one's")
     parser.add_argument("--quick", action="store_true", help="smoke run: W1 float32 only (unless a custom workload "
                         "is given), 2 seeds, budget 21, matched densities of 2x20 and 1x25 products")
     custom = parser.add_argument_group("custom workload (instead of --workloads)")
@@ -875,24 +896,41 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if unknown:
             raise OptionError(f"unknown {name} {unknown[0]!r}; choose from {', '.join(known)}")
     if args.quick:
-        return Settings(tasks=tasks, peers=peers, seeds=2, budget=21, density_shapes=((2, 20), (1, 25)))
-    return Settings(tasks=tasks, peers=peers, seeds=args.seeds, budget=args.budget)
+        return Settings(tasks=tasks, peers=peers, seeds=2, budget=21, density_shapes=((2, 20), (1, 25)),
+                        density_seeds=1)
+    return Settings(tasks=tasks, peers=peers, seeds=args.seeds, budget=args.budget, density_seeds=args.density_seeds)
 
 
-def report(path: Path) -> int:
-    """Print the tables again from a finished (or stopped) run's HDF5 rows, without measuring anything."""
-    rows, attrs = read_rows(path)
-    print(f"# landscape vs peers — from {path}: {attrs.get('machine', '')}, torch {attrs.get('torch_version', '')}, "
-          + ", ".join(f"{key[:-8]} {value}" for key, value in attrs.items() if key.endswith("_version")
-                      and key != "torch_version"))
-    print(markdown(rows, {name: float(value) for name, value in attrs.get("precision", {}).items()}))
+def report(paths: Sequence[Path], output: Optional[Path] = None) -> int:
+    """Print the tables again from the HDF5 rows of finished (or stopped) runs, measuring nothing. A workload ×
+    dtype × task that a later file also holds is taken from the later file (e.g. a rerun of one task); ``output``
+    receives the merged rows."""
+    rows: list[Row] = []
+    attrs: dict[str, Any] = {}
+    precision: dict[str, float] = {}
+    for path in paths:
+        new, new_attrs = read_rows(path)
+        replaced = {(r.workload, r.dtype, r.task) for r in new}
+        rows = [r for r in rows if (r.workload, r.dtype, r.task) not in replaced] + new
+        attrs.update(new_attrs)
+        precision.update({name: float(value) for name, value in new_attrs.get("precision", {}).items()})
+    print(f"# landscape vs peers — from {', '.join(map(str, paths))}: {attrs.get('machine', '')}, torch "
+          f"{attrs.get('torch_version', '')}, " + ", ".join(f"{key[:-8]} {value}" for key, value in attrs.items()
+                                                           if key.endswith("_version") and key != "torch_version"))
+    print(markdown(rows, precision))
+    if output is not None:
+        write_hdf5(output, rows, {**attrs, "precision": precision,
+                                  "command": f"{attrs.get('command', '')} (merged by --report from "
+                                             f"{', '.join(p.name for p in paths)})"})
+        print(f"\nmerged rows: {output} (group /peers, {len(rows)} rows)")
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.report is not None:
-        return report(args.report)
+        return report(args.report, args.output)
+    args.output = args.output or Path("bench_peers.h5")
     torch.set_num_threads(args.threads)
     settings = settings_from(args)
     store.check_writable(args.output)
@@ -926,7 +964,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "truth": {w.name: w.truth for w in workloads},
         "precision": {w.name: w.precision for w in workloads},
         "settings": {"seeds": settings.seeds, "budget": settings.budget, "matched_tol": settings.matched_tol,
-                     "density_shapes": [list(s) for s in settings.density_shapes], "quick": args.quick},
+                     "density_shapes": [list(s) for s in settings.density_shapes],
+                     "density_seeds": settings.density_seeds, "quick": args.quick},
     }
     rows: list[Row] = []
     for work in workloads:

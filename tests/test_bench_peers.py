@@ -209,15 +209,18 @@ def _tiny_data(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(data["X"]), torch.as_tensor(data["y"])
 
 
-def test_report_reprints_the_tables_from_the_stored_rows(bench):
+def test_report_reprints_the_tables_from_the_stored_rows(bench, tmp_path):
     printed = io.StringIO()
+    merged = tmp_path / "merged.h5"
     with contextlib.redirect_stdout(printed):
-        assert bench_peers.main(["--report", str(bench["path"])]) == 0
+        assert bench_peers.main(["--report", str(bench["path"]), str(bench["path"]), "-o", str(merged)]) == 0
     text = printed.getvalue()
-    assert "### summary" in text and "| workload | dtype | task | best peer error |" in text
+    # the same file twice: the later one's rows replace the earlier one's, nothing is doubled
+    assert len(_columns(merged)["task"]) == len(_columns(bench["path"])["task"])
+    assert "### summary" in text and "| workload | dtype | task | best peer error (counts as equal up to) |" in text
     # the per-task tables are rebuilt from the file exactly as the run printed them
-    assert text[text.index("\n### top1"):] == bench["printed"][bench["printed"].index("\n### top1"):].split(
-        "\nraw rows:")[0]
+    assert text[text.index("\n### top1"):].split("\nmerged rows:")[0] == \
+        bench["printed"][bench["printed"].index("\n### top1"):].split("\nraw rows:")[0]
 
 
 def test_summary_table_names_the_rows_the_verdict_compares():
@@ -230,3 +233,16 @@ def test_summary_table_names_the_rows_the_verdict_compares():
     line = table.splitlines()[-1]
     assert "peer slow: 1.0e-08 in 2.00 s" in line and "landscape tight: 1.0e-08 in 500.0 ms" in line
     assert "4.00×" in line and line.endswith("| met |")
+
+
+def test_seeded_errors_within_two_standard_errors_of_the_best_peer_count_as_equal():
+    def summary(library, seconds, error, se):
+        return bench_peers.Summary("w", "float32", "density", library, "m", "defaults", seconds, 800, error, error,
+                                   "", "", 3, error_se=se)
+
+    tie = [summary("landscape", 2.0, 1.6e-4, 1e-5), summary("peer", 5.0, 1.5e-4, 1e-5)]
+    verdict = bench_peers.judge(tie, 0.0)
+    assert verdict.status == "met" and verdict.reach == pytest.approx(1.7e-4)
+    assert "mean + 2 standard errors" in bench_peers.verdict(tie, 0.0)
+    worse = [summary("landscape", 2.0, 2.0e-4, 1e-5), summary("peer", 5.0, 1.5e-4, 1e-5)]
+    assert bench_peers.judge(worse, 0.0).status == "missed (accuracy)"
