@@ -11,7 +11,7 @@ rank 0 after every step, as ``DistributedDataParallel`` does.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ class DataParallel:
         self.group = group
         self.rank, self.world_size = rank_and_size(group)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.buffers = [b for b in model.buffers()]
+        self.buffers = list(model.buffers())
         self.local_count = 0
         self.total_count = 0
 
@@ -68,8 +68,3 @@ class DataParallel:
         for buffer in self.buffers:
             torch.distributed.broadcast(buffer, src=0, group=self.group)
 
-
-def barrier(group: Optional[Any] = None) -> None:
-    """Wait for every rank (a no-op without a process group)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier(group=group)

@@ -27,7 +27,7 @@ from landscape import store
 from landscape.checkpoints import load_training_state, save_checkpoint
 from landscape.errors import DataError, LossError, OptionError
 from landscape.operators.distributed import is_writer
-from landscape.optim.registry import build_optimizer, resolve_hyperparameters, training_step
+from landscape.optim.registry import NOT_DATA_PARALLEL, build_optimizer, resolve_hyperparameters, training_step
 from landscape.parallel import DataParallel
 from landscape.progress import progress_bar
 from landscape.tracking import CurvatureTracker, TrackerSettings
@@ -176,8 +176,7 @@ class Trainer:
                  device: Optional[str] = None, attrs: Optional[Mapping[str, Any]] = None,
                  distributed: bool = False) -> None:
         if distributed and settings.optimizer == "sa":
-            raise OptionError("--optimizer sa computes per-sample gradients itself and cannot average them across "
-                              "processes; run it in one process")
+            raise OptionError(NOT_DATA_PARALLEL)
         self.settings = settings
         self.device = torch.device(device or "cpu")
         self.model = model.to(device=self.device, dtype=dtype)

@@ -309,18 +309,16 @@ class HessianOperator(ModelOperator):
         return out
 
     def _forward(self, batch: Any, blocks: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        if self._compiled is None:
-            out = forward_product(self, self.params, batch, blocks)
-        elif self._compiled_once:
-            out = self._compiled(self, self.params, batch, blocks)
-        else:
-            try:
-                out = self._compiled(self, self.params, batch, blocks)
-            except Exception as err:  # noqa: BLE001 - compilation failures come in many types; name the option
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise OptionError(f"torch.compile of the Hessian-vector product failed ({type(err).__name__}: "
-                                  f"{first}); run without --compile (compile=False)") from err
-            self._compiled_once = True
+        product = forward_product if self._compiled is None else self._compiled
+        try:
+            out = product(self, self.params, batch, blocks)
+        except Exception as err:  # noqa: BLE001 - compilation failures come in many types; name the option
+            if self._compiled is None or self._compiled_once:
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise OptionError(f"torch.compile of the Hessian-vector product failed ({type(err).__name__}: "
+                              f"{first}); run without --compile (compile=False)") from err
+        self._compiled_once = True
         return self._require_finite(out)  # a NaN loss cannot be tested inside jvp/vmap; its products show it
 
     def release(self) -> None:

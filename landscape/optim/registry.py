@@ -18,6 +18,10 @@ from landscape.optim.nso import NSO
 from landscape.optim.sam import SAM
 from landscape.optim.sofim import SOFIM
 
+#: Why ``sa`` cannot train data-parallel (its per-sample gradients never pass through ``.grad``).
+NOT_DATA_PARALLEL = ("--optimizer sa computes per-sample gradients itself and cannot average them across processes; "
+                     "run it in one process")
+
 #: Each name's hyperparameters (besides ``lr``) and their defaults.
 HYPERPARAMETERS: dict[str, dict[str, Any]] = {
     "sgd": {},
@@ -88,8 +92,7 @@ def training_step(optimizer: torch.optim.Optimizer, model: nn.Module, loss: Loss
     before = optimizer.num_grad_evals if isinstance(optimizer, FlatnessOptimizer) else 0
     if isinstance(optimizer, SharpnessAwarePerturbation):
         if reduce is not None:
-            raise OptionError("--optimizer sa computes per-sample gradients itself and cannot average them across "
-                              "processes; run it in one process")
+            raise OptionError(NOT_DATA_PARALLEL)
         value = optimizer.step((inputs, targets))
     else:
 
