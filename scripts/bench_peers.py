@@ -11,7 +11,8 @@ density. Each peer runs with its defaults and with settings matched to ours; eve
 operator's construction to the answer. Errors are against the exact float64 spectra of ``--bench`` (W1, W2), the
 float64 eigsh values of W3 in its README, or, for a custom workload, scipy eigsh (float64, tol 0) on our operator.
 
-Install the peers with ``pip install .[peers]``; a peer that is not installed is skipped. A markdown table per task
+Install the peers with ``pip install ".[peers]" torch==<the version you have>`` (curvlinops pulls torchvision, and
+without the pin pip may replace torch); a peer that is not installed is skipped. A markdown table per task
 and a verdict per workload × dtype × task are printed; the raw rows go to the ``/peers`` group of an HDF5 file
 (``landscape plot FILE --kind peers`` draws error against time). Run on an idle machine: a second CPU-bound process
 on the same cores slows every figure several-fold.
@@ -607,7 +608,9 @@ def installed_peers(names: Sequence[str]) -> dict[str, str]:
     for name in names:
         module, dist, _ = PEERS[name]
         if importlib.util.find_spec(module) is None:
-            print(f"skipping {name}: package {dist} is not installed (pip install .[peers])", file=sys.stderr)
+            pin = torch.__version__.split("+")[0]
+            print(f"skipping {name}: package {dist} is not installed (pip install '.[peers]' torch=={pin})",
+                  file=sys.stderr)
             continue
         found[name] = importlib.metadata.version(dist)
     return found
