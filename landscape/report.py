@@ -91,6 +91,7 @@ def describe(path: str | Path) -> str:
              f"{root.get('landscape_version')}, torch {root.get('torch_version')}, h5py {root.get('h5py_version')}"]
     records = store.read_results(path)
     lines.extend(_describe_run(path))
+    lines.extend(_describe_peers(path))
     if not records and len(lines) == 2:
         lines.append("  no checkpoints and no training run yet")
     for record in records.values():
@@ -107,6 +108,21 @@ def describe(path: str | Path) -> str:
             summary = "; ".join(f"{m}: {_describe_result(r)}" for m, r in results.items())
             lines.append(f"  layers/{layer}: {summary}")
     return "\n".join(lines)
+
+
+def _describe_peers(path: str | Path) -> list[str]:
+    """The rows of a peer benchmark (``/peers``, written by scripts/bench_peers.py): what they cover."""
+    with store.open_results(path) as handle:
+        if "peers" not in handle:
+            return []
+        group = handle["peers"]
+        plurals = {"workload": "workloads", "dtype": "dtypes", "task": "tasks", "library": "libraries"}
+        columns = {plural: [str(v) for v in group[name].asstr()[()]] for name, plural in plurals.items()
+                   if name in group}
+        command = group.attrs.get("command", "")
+    covered = "; ".join(f"{plural} {', '.join(dict.fromkeys(values))}" for plural, values in columns.items())
+    return [f"peers: {len(columns.get('tasks', []))} benchmark rows ({covered}); drawn by `landscape plot FILE "
+            f"--kind peers`", f"  command: {command}"]
 
 
 def _describe_run(path: str | Path) -> list[str]:

@@ -911,11 +911,13 @@ def report(paths: Sequence[Path], output: Optional[Path] = None) -> int:
     rows: list[Row] = []
     attrs: dict[str, Any] = {}
     precision: dict[str, float] = {}
+    commands = []
     for path in paths:
         new, new_attrs = read_rows(path)
         replaced = {(r.workload, r.dtype, r.task) for r in new}
         rows = [r for r in rows if (r.workload, r.dtype, r.task) not in replaced] + new
         attrs.update(new_attrs)
+        commands.append(str(new_attrs.get("command", "")))
         precision.update({name: float(value) for name, value in new_attrs.get("precision", {}).items()})
     print(f"# landscape vs peers — from {', '.join(map(str, paths))}: {attrs.get('machine', '')}, torch "
           f"{attrs.get('torch_version', '')}, " + ", ".join(f"{key[:-8]} {value}" for key, value in attrs.items()
@@ -923,8 +925,7 @@ def report(paths: Sequence[Path], output: Optional[Path] = None) -> int:
     print(markdown(rows, precision))
     if output is not None:
         write_hdf5(output, rows, {**attrs, "precision": precision,
-                                  "command": f"{attrs.get('command', '')} (merged by --report from "
-                                             f"{', '.join(p.name for p in paths)})"})
+                                  "command": " ; ".join(commands) + " (merged by --report, later rows win)"})
         print(f"\nmerged rows: {output} (group /peers, {len(rows)} rows)")
     return 0
 

@@ -246,3 +246,11 @@ def test_seeded_errors_within_two_standard_errors_of_the_best_peer_count_as_equa
     assert "mean + 2 standard errors" in bench_peers.verdict(tie, 0.0)
     worse = [summary("landscape", 2.0, 2.0e-4, 1e-5), summary("peer", 5.0, 1.5e-4, 1e-5)]
     assert bench_peers.judge(worse, 0.0).status == "missed (accuracy)"
+
+
+def test_info_describes_a_benchmark_file(bench, capsys):
+    assert landscape_main(["info", str(bench["path"])]) == 0
+    out = capsys.readouterr().out
+    rows = len(_columns(bench["path"])["task"])
+    assert f"peers: {rows} benchmark rows" in out and "libraries landscape" in out
+    assert "no checkpoints and no training run yet" not in out

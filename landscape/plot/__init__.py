@@ -2,6 +2,7 @@
 
 from landscape.plot.compare import plot_compare
 from landscape.plot.curvature import plot_curvature
+from landscape.plot.peers import plot_peers
 from landscape.plot.sam import plot_sam
 from landscape.plot.sharpening import (
     SharpeningRun,
@@ -36,6 +37,7 @@ __all__ = [
     "paper_style",
     "plot_compare",
     "plot_curvature",
+    "plot_peers",
     "plot_sam",
     "plot_sharpening",
     "plot_spectrum",
