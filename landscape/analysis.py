@@ -78,6 +78,20 @@ class AnalysisSettings:
         attrs["dtype"] = str(self.dtype).replace("torch.", "")
         return attrs
 
+    def fit_to(self, dimension: int) -> tuple["AnalysisSettings", list[str]]:
+        """These settings for a curvature matrix of ``dimension`` (the number of trainable parameters): --top-k and
+        --density-steps clipped to it (a matrix has no more eigenvalues, nor Lanczos more steps), and a note for each
+        option that was clipped (options of metrics not computed are left alone)."""
+        changes, notes = {}, []
+        options = (("top_k", "eigs", "eigenvalues"), ("density_steps", "density", "Lanczos steps per probe"))
+        for name, metric, what in options:
+            value = getattr(self, name)
+            if metric in self.metrics and value > dimension:
+                changes[name] = dimension
+                notes.append(f"--{name.replace('_', '-')} {value} is more than the {dimension} parameters; clipped to "
+                             f"{dimension} {what}")
+        return dataclasses.replace(self, **changes), notes
+
 
 @dataclass(frozen=True)
 class CheckpointSummary:
@@ -340,13 +354,16 @@ def analyze(
     command: Optional[str] = None,
     progress: Optional[bool] = None,
     report: Any = None,
+    note: Any = None,
     distributed: bool = False,
 ) -> list[CheckpointSummary]:
     """Analyse every checkpoint and add its results to ``output``, one atomic write per checkpoint.
 
     Every input is checked before any computation (each checkpoint is loaded and run on the first batch), so a bad
     file or option never leaves a partial output. ``resume`` skips checkpoints whose results are already stored.
-    ``report(message)`` receives a line per checkpoint as it completes.
+    ``report(message)`` receives a line per checkpoint as it completes; ``note(message)`` a line, before any work,
+    for each option adjusted to a checkpoint (--top-k or --density-steps beyond its number of parameters are
+    clipped to it; its results record the values used and the notes).
 
     ``distributed``: called on every rank of an initialised ``torch.distributed`` process group with the same
     arguments (``data`` the whole data set); each rank works on its shard of the data, the curvature products are
@@ -359,7 +376,7 @@ def analyze(
 
         writer = is_writer()
         if not writer:
-            report, progress = None, False
+            report, note, progress = None, None, False
     out_path = store.check_writable(output) if writer else Path(output)
     paths = find_checkpoints(checkpoints)
     skip = already_done(out_path, paths, settings) if resume and writer else set()
@@ -369,9 +386,15 @@ def analyze(
     def load(path: Path) -> Checkpoint:
         return load_checkpoint(path, model_spec=model_spec, model_kwargs=model_kwargs, trust=trust)
 
+    def fitted(checkpoint: Checkpoint) -> tuple[AnalysisSettings, list[str]]:
+        return settings.fit_to(sum(p.numel() for p in checkpoint.model.parameters() if p.requires_grad))
+
     for path in paths:
         if str(path) not in skip:
-            check_pairing(load(path), loss, data)
+            checkpoint = load(path)
+            check_pairing(checkpoint, loss, data)
+            for line in fitted(checkpoint)[1] if note else ():
+                note(f"note: {path}: {line}")
     summaries = []
     for index, path in enumerate(paths, 1):
         if str(path) in skip:
@@ -382,11 +405,12 @@ def analyze(
         checkpoint = load(path)
         if report:
             report(f"[{index}/{len(paths)}] {path}: analysing {checkpoint.info.format}, step {checkpoint.info.step}")
-        results, layers, loss_value, accuracy = analyze_checkpoint(checkpoint, loss, data, settings, progress=progress,
+        used, notes = fitted(checkpoint)
+        results, layers, loss_value, accuracy = analyze_checkpoint(checkpoint, loss, data, used, progress=progress,
                                                                    distributed=distributed)
         seconds = time.perf_counter() - start
-        attrs = checkpoint_attrs(checkpoint, data, loss, settings, command)
-        attrs.update(loss=loss_value, accuracy=accuracy, seconds=seconds)
+        attrs = checkpoint_attrs(checkpoint, data, loss, used, command)
+        attrs.update(loss=loss_value, accuracy=accuracy, seconds=seconds, notes=notes or None)
         if distributed:
             attrs["world_size"] = rank_and_size()[1]
         name = checkpoint.info.name

@@ -3,7 +3,8 @@
 Reads PyTorch state dicts (bare or under a wrapper key, from Lightning, DataParallel/DDP or ``torch.compile``),
 safetensors, TorchScript, ``torch.export`` programs and the toolkit's own format. The format is found from the
 file's contents, not its suffix. Every problem with a file is a one-line :class:`CheckpointError`; problems with
-``--model`` / ``--model-kwargs`` are :class:`OptionError`.
+``--model`` / ``--model-kwargs`` are :class:`OptionError`. Nothing in a file runs code unless the caller trusts it
+(``trust=True``, ``--trust-checkpoint``): see :func:`load_checkpoint`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import hashlib
 import json
 import os
 import pickle
+import pickletools
 import re
 import struct
-import uuid
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -28,8 +29,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
+from torch._weights_only_unpickler import _get_allowed_globals
 
 from landscape.errors import CheckpointError, OptionError
+from landscape.files import replacing
 from landscape.models import BUILTIN_MODELS
 from landscape.specs import import_callable
 
@@ -55,6 +58,11 @@ _TOOLKIT_VERSION = 1
 _MAX_LISTED = 10
 _MAX_WRAPPER_DEPTH = 4
 _TRUST_HINT = "pass --trust-checkpoint (trust=True in Python), but only for files you trust"
+# The model specs a checkpoint may name and have built without trust: the built-in models, by name or import path.
+_BUILTIN_SPECS = frozenset(BUILTIN_MODELS) | {f"landscape.models:{f.__name__}" for f in BUILTIN_MODELS.values()}
+_LEGACY_PICKLES = 5  # a legacy torch.save file: magic number, protocol, sys info, the object, storage keys; then data
+_STRING_OPCODES = frozenset(("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+                             "BINUNICODE8"))
 _MODEL_HINT = f"use a built-in name ({', '.join(sorted(BUILTIN_MODELS))}) or 'package.module:factory' for your own"
 
 # What torch.load, pickle, zipfile and safetensors raise on truncated, corrupt or foreign bytes.
@@ -248,15 +256,22 @@ def load_checkpoint(
 
     State dicts and safetensors need ``model_spec`` (``--model``) to build the architecture; toolkit checkpoints
     carry their own (an explicit ``model_spec`` wins). TorchScript and ``torch.export`` files carry their own code
-    and ignore ``model_spec``. Pickles are loaded weights-only unless ``trust`` is set, because unpickling
-    anything else can run arbitrary code.
+    and ignore ``model_spec``.
+
+    Nothing in the file runs code unless ``trust`` is set (``--trust-checkpoint``): pickles are loaded weights-only,
+    a model spec read from a file is built only if it names a built-in model, and TorchScript and ``torch.export``
+    programs (code that can do anything once run) are refused.
     """
     path = Path(path)
     kind = _sniff(path)
     if kind in ("torchscript", "export"):
+        if not trust:
+            raise _program_refused(path, kind)
         model = _load_torchscript(path) if kind == "torchscript" else _load_export(path)
         return Checkpoint(model, _info(path, kind, None), None, {})
     weights = _load_safetensors(path) if kind == "safetensors" else _unpack(_torch_load(path, trust), path)
+    if model_spec is None and weights.model_spec is not None and not trust:
+        _check_builtin_spec(weights.model_spec, path)
     spec = model_spec if model_spec is not None else weights.model_spec
     if spec is None and weights.module is not None:
         return Checkpoint(weights.module, _info(path, weights.format, weights.step), None, {})
@@ -272,9 +287,31 @@ def load_checkpoint(
     return Checkpoint(model, _info(path, weights.format, weights.step), spec, kwargs)
 
 
+def _check_builtin_spec(spec: str, path: Path) -> None:
+    """Raise unless a model spec read from a checkpoint names a built-in model: anything else is code to import."""
+    if spec in _BUILTIN_SPECS:
+        return
+    shown = repr(spec) if len(spec) <= 80 else repr(spec[:77] + "...")
+    raise CheckpointError(
+        f"checkpoint '{path}' names the model factory {shown}, which is not a built-in model: building it would "
+        "import and run code the file chose; pass --model (model_spec= in Python) to name the architecture yourself, "
+        f"or, to build the file's, {_TRUST_HINT}"
+    )
+
+
+def _program_refused(path: Path, kind: str) -> CheckpointError:
+    """The error for a TorchScript or ``torch.export`` file loaded without trust."""
+    what = "a TorchScript program" if kind == "torchscript" else "a torch.export program"
+    return CheckpointError(
+        f"refused to load checkpoint '{path}': it is {what}, code that can do anything once run (write files, ...), "
+        f"and --model cannot stand in for it; {_TRUST_HINT}, or save its state_dict() instead and load that with "
+        "--model, which runs nothing from the file"
+    )
+
+
 def _sniff(path: Path) -> str:
-    """The file's format from its first bytes: "zip" (torch.save), "pickle" (legacy torch.save), "safetensors",
-    "torchscript" or "export"."""
+    """The file's format from its first bytes: "zip" (torch.save), "pickle" (legacy torch.save, or pickles of
+    protocol 0 and 1, which have no header but parse as pickles), "safetensors", "torchscript" or "export"."""
     head = _read_head(path)
     if head.startswith(b"PK\x03\x04"):
         return _zip_kind(path)
@@ -283,6 +320,8 @@ def _sniff(path: Path) -> str:
     header_len = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
     if (0 < header_len <= path.stat().st_size - 8 and head[8:9] == b"{") or path.suffix.lower() == ".safetensors":
         return "safetensors"
+    if _scan_pickles(path):
+        return "pickle"
     raise CheckpointError(
         f"checkpoint '{path}' is not a format landscape reads (a torch.save file, safetensors, TorchScript or "
         "torch.export .pt2); it may be truncated or corrupt, re-save or re-download it"
@@ -369,13 +408,91 @@ def _torch_load(path: Path, trust: bool) -> Any:
             "put on PYTHONPATH the package that saved it"
         ) from err
     except _READ_ERRORS as err:
-        refused = None if trust else re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if refused:
-            raise CheckpointError(
-                f"refused to load checkpoint '{path}': unpickling it would run code ({refused.group(1)}), which the "
-                f"safe weights-only loader does not allow; {_TRUST_HINT}"
-            ) from err
-        raise _corrupt(path, "PyTorch", err) from err
+        refused = _refusal(path, str(err)) if isinstance(err, pickle.UnpicklingError) and not trust else None
+        raise (refused or _corrupt(path, "PyTorch", err)) from err
+
+
+def _refusal(path: Path, message: str) -> CheckpointError | None:
+    """Why the weights-only loader refused a well-formed pickle (code it references, or opcodes only the full
+    unpickler reads), or None when the file is not well-formed pickles: then it is corrupt."""
+    named = re.search(r"GLOBAL ([\w.]+)", message)  # "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y"
+    if named:
+        return _needs_code(path, named.group(1))
+    scans = _scan_pickles(path)
+    if scans is None:
+        return None
+    unsafe = sorted({name for _, _, names in scans for name in names} - set(_get_allowed_globals()))
+    if unsafe:
+        return _needs_code(path, _listing(unsafe))
+    operand = re.search(r"Unsupported operand (\d+)", message)
+    opcode = chr(int(operand.group(1))) if operand else None
+    if not any(opcode in codes for _, codes, _ in scans):
+        return None
+    if any("P" in codes for _, codes, _ in scans):  # PERSID: protocol 0's text persistent ids, which torch rejects
+        return CheckpointError(
+            f"checkpoint '{path}' is pickled with protocol 0, whose text tensor references torch.load cannot read "
+            "back, trusted or not; re-save the weights with torch.save's default protocol"
+        )
+    return CheckpointError(
+        f"refused to load checkpoint '{path}': it is pickled with protocol {max(p for p, _, _ in scans)}, whose "
+        f"{pickletools.code2op[opcode].name} opcode the safe weights-only loader cannot read (only the full "
+        f"unpickler, which can run code, reads it; or re-save it with torch.save's default protocol); {_TRUST_HINT}"
+    )
+
+
+def _needs_code(path: Path, names: str) -> CheckpointError:
+    """The error for a pickle that references callables (``names``) the weights-only loader does not allow."""
+    return CheckpointError(
+        f"refused to load checkpoint '{path}': unpickling it would run code ({names}), which the safe weights-only "
+        f"loader does not allow; {_TRUST_HINT}"
+    )
+
+
+def _scan_pickles(path: Path) -> list[tuple[int, set[str], set[str]]] | None:
+    """Each pickle of a ``torch.save`` file (zip or legacy) as (protocol, opcodes, globals it names), read opcode by
+    opcode without running anything; None when they are not well-formed pickles."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                record = next((n for n in archive.namelist() if n.split("/", 1)[-1] == "data.pkl"), None)
+                if record is None:
+                    return None
+                with archive.open(record) as stream:
+                    return [_scan_pickle(stream)]
+        scans = []
+        with open(path, "rb") as stream:
+            while len(scans) < _LEGACY_PICKLES and stream.peek(1):
+                scans.append(_scan_pickle(stream))
+        return scans
+    except _READ_ERRORS:
+        return None
+
+
+def _scan_pickle(stream: Any) -> tuple[int, set[str], set[str]]:
+    """One pickle's protocol, opcodes and the ``module.name`` globals it references (from GLOBAL, and from
+    STACK_GLOBAL by following the strings pushed and memoized before it), read with ``pickletools.genops``."""
+    protocol, codes, names = 0, set(), set()
+    pushed: list[Any] = []  # what each opcode pushed: strings as they are, anything else as None
+    memo: dict[int, Any] = {}
+    for op, arg, _ in pickletools.genops(stream):
+        codes.add(op.code)
+        protocol = max(protocol, arg if op.name == "PROTO" else op.proto)  # protocols 0 and 1 have no PROTO opcode
+        if op.name == "GLOBAL":
+            names.add(arg.replace(" ", "."))
+            pushed.append(None)
+        elif op.name == "STACK_GLOBAL":
+            module, name = pushed[-2:] if len(pushed) >= 2 else (None, None)
+            names.add(f"{module}.{name}" if isinstance(module, str) and isinstance(name, str) else "(unnamed)")
+            pushed.append(None)
+        elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+            memo[len(memo) if arg is None else arg] = pushed[-1] if pushed else None
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        elif op.name in _STRING_OPCODES:
+            pushed.append(arg)
+        elif op.name not in ("FRAME", "STOP"):
+            pushed.append(None)
+    return protocol, codes, names
 
 
 def _unpack(obj: Any, path: Path) -> _Weights:
@@ -426,12 +543,16 @@ def _unpack_toolkit(obj: Mapping, path: Path) -> _Weights:
     return _Weights("landscape", obj["state_dict"], None, obj.get("model_spec"), kwargs, _step_from_contents(obj))
 
 
-def load_training_state(path: PathLike) -> dict[str, Any]:
-    """Everything a toolkit checkpoint holds (weights, step, optimizer state, ``extra``), to resume training from it."""
+def load_training_state(path: PathLike, *, trust: bool = False) -> dict[str, Any]:
+    """Everything a toolkit checkpoint holds (weights, step, optimizer state, ``extra``), to resume training from it.
+
+    Loaded weights-only, as ``landscape train`` writes it; ``trust`` (``--trust-checkpoint``) allows a file that
+    needs the full unpickler, which can run code.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
-    obj = _torch_load(path, trust=False)
+    obj = _torch_load(path, trust)
     if not isinstance(obj, Mapping) or obj.get("format") != _TOOLKIT_FORMAT:
         raise CheckpointError(f"checkpoint '{path}' was not written by landscape train: it cannot resume a run")
     _unpack_toolkit(obj, path)
@@ -609,21 +730,17 @@ def _check_saveable(value: Any, where: str, path: Path) -> None:
 
 
 def _write_atomically(path: Path, payload: dict) -> None:
-    """``torch.save`` to a temporary file next to ``path``, fsync it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    """``torch.save`` to a temporary file next to ``path`` under its lock, then rename it over ``path``
+    (:func:`landscape.files.replacing`); a failed write, a full disk above all, is a CheckpointError saying that the
+    previous file is unchanged."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as err:
-        raise CheckpointError(
-            f"cannot write checkpoint '{path}' ({err.strerror or err}); check the folder's permissions and free space"
-        ) from err
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint '{path}': cannot create its folder ({err.strerror or err})") \
+            from err
+    with replacing(path, error=CheckpointError, what=f"checkpoint '{path}'") as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers

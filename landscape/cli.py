@@ -6,11 +6,12 @@ import argparse
 import re
 import shlex
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from landscape import __version__, cli_compare, cli_plot, cli_surface, cli_train
 from landscape.analysis import CURVATURES
 from landscape.cli_inputs import add_input_arguments, load_inputs
+from landscape.devices import check_device
 from landscape.errors import LandscapeError
 from landscape.linalg.trace import METHODS as TRACE_METHODS
 
@@ -25,8 +26,9 @@ examples:
   landscape analyze "ckpt_*.pt" --model mlp --data digits --per-layer -o results.h5 --resume
 
 CHECKPOINT may be a file, a folder (every checkpoint file in it) or a quoted glob; several are analysed in order of
-their training step. State dicts need --model; TorchScript files, torch.export programs (.pt2) and checkpoints
-written by `landscape train` carry their architecture."""
+their training step. State dicts need --model; checkpoints written by `landscape train` of a built-in model carry
+their architecture. Nothing in a file runs code unless --trust-checkpoint: TorchScript files and torch.export programs
+(.pt2) need it, and so do pickled objects and a model factory a checkpoint names instead of --model."""
 
 
 def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
@@ -74,8 +76,27 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
 
+#: argparse's messages for a bad option value: an invalid choice, or a value its type (int, float) cannot parse (a
+#: misspelt COMMAND, a positional, keeps the usage message, as unknown options do)
+VALUE_ERROR = re.compile(r"^argument -[^:]*: invalid (choice: |[\w.]+ value: )")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser that reports a bad option value in one line rather than the usage, which helps little
+    there (unknown options and missing arguments keep argparse's usage message)."""
+
+    def error(self, message: str) -> NoReturn:
+        """One line and exit code 2 for a bad value, e.g. ``landscape analyze: error: argument --dtype: invalid
+        choice: 'float16' (choose from float32, float64); see landscape analyze --help``."""
+        if VALUE_ERROR.match(message):
+            message = re.sub(r"\(choose from (.*)\)$", lambda m: "(choose from " + m.group(1).replace("'", "") + ")",
+                             message)
+            self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="landscape",
         description="Loss-landscape analysis for PyTorch: Hessian eigenvalues, trace and spectral density of "
         "checkpoints, and training with flatness-seeking optimizers and curvature tracking.",
@@ -156,7 +177,7 @@ def _analyze(args: argparse.Namespace, argv: Sequence[str], device: Optional[str
         args.checkpoints, data=data, loss=loss, output=args.output, settings=settings, model_spec=args.model,
         model_kwargs=model_kwargs, trust=args.trust_checkpoint, resume=args.resume,
         command=" ".join(shlex.quote(a) for a in ["landscape", *argv]), progress=False if args.quiet else None,
-        report=say, distributed=distributed,
+        report=say, note=(lambda line: print(line, file=sys.stderr)) if writer else None, distributed=distributed,
     )
     if writer:
         if summaries:
@@ -198,6 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "device", None) is not None:  # every command that takes --device: checked before any work
+            args.device = check_device(args.device)
         if args.command == "analyze":
             return run_analyze_command(args, argv)
         commands = {"train": cli_train, "surface": cli_surface, "compare": cli_compare, "plot": cli_plot}

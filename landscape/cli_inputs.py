@@ -28,8 +28,10 @@ def add_input_arguments(p: argparse.ArgumentParser, *, exact: str) -> None:
     p.add_argument("--loss", metavar="SPEC", help="cross-entropy, mse, squared (Cohen et al.'s ½‖out − onehot‖²), "
                    "or package.module:callable taking (model, batch) (default: cross-entropy for integer labels, "
                    "mse for real targets)")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that need arbitrary code to "
-                   "load (pickled objects): only for files you trust")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that run code from the file: "
+                   "pickled objects, TorchScript and torch.export programs, and a model factory the file names that "
+                   "is not a built-in model (without --model); only for files you trust (default: nothing in a file "
+                   "runs)")
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[Optional[dict], LoadedData, Any]:

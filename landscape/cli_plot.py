@@ -9,7 +9,7 @@ import argparse
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from landscape.errors import OptionError, StoreError
 
@@ -87,15 +87,18 @@ def guess_kind(path: Path) -> str:
     benchmark file of scripts/bench_peers.py."""
     from landscape import store
 
-    with store.open_results(path) as handle:
+    def kind_in(handle: Any) -> Optional[str]:
         if "peers" in handle:
             return "peers"
         if "run" in handle:
             return "sharpening"
         groups = list(handle.get("checkpoints", {}).values())
-        for metric, kind in (("surface", "surface"), ("density", "spectrum")):
-            if any(_holds(group, metric) for group in groups):
-                return kind
+        return next((kind for metric, kind in (("surface", "surface"), ("density", "spectrum"))
+                     if any(_holds(group, metric) for group in groups)), None)
+
+    kind = store.read_file(path, kind_in)  # retried while a training run appends to the file
+    if kind is not None:
+        return kind
     raise StoreError(f"cannot guess the figure for {path}: it is neither a run file nor a results file with a "
                      f"spectral density or a surface; choose one with --kind ({', '.join(KINDS)})")
 

@@ -16,6 +16,7 @@ from landscape.cli_inputs import add_input_arguments, load_inputs
 from landscape.cli_train import DTYPES
 from landscape.errors import CheckpointError, OptionError, StoreError
 from landscape.surface import (
+    check_grid_size,
     checkpoint_line,
     checkpoint_plane,
     eigen_directions,
@@ -101,7 +102,9 @@ def _dims(args: argparse.Namespace) -> int:
 def _grids(args: argparse.Namespace, dims: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
     text = args.grid if args.grid is not None else DEFAULT_GRIDS[args.directions]
     x = parse_grid(text, "--grid")
-    return x, (None if dims == 1 else parse_grid(args.grid_y if args.grid_y is not None else text, "--grid-y"))
+    y = None if dims == 1 else parse_grid(args.grid_y if args.grid_y is not None else text, "--grid-y")
+    check_grid_size(x, y, "--grid" if args.grid_y is None else "--grid and --grid-y")
+    return x, y
 
 
 def _check_count(args: argparse.Namespace) -> None:

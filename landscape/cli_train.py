@@ -27,7 +27,8 @@ examples:
 
 The run file holds /run (step, loss, lr, grad_evals per step) and /run/curvature (lambda_max, eigenvalues, trace,
 trace_stderr, train/test loss and accuracy, grad_norm, matvecs per record), appended and flushed as they come.
-Checkpoints go to <output>_checkpoints/step_<N>.pt; `landscape analyze` reads them without --model.
+Checkpoints go to <output>_checkpoints/step_<N>.pt; `landscape analyze` reads them without --model when it is a
+built-in model (name your own package.module:factory again with --model: a file alone never imports code).
 
 Several processes: `torchrun --nproc-per-node N -m landscape train ...` trains data-parallel (each process takes its
 part of every batch; gradients are averaged across processes, so the steps are those of one process) and tracks the
@@ -88,7 +89,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "random draw (default: 0)")
     p.add_argument("-o", "--output", default="run.h5", metavar="FILE", help="HDF5 run file (default: run.h5)")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="where checkpoints go (default: <output>_checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint "
+                   "(from step 0, replacing its records, when it stopped before its first checkpoint)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="with --resume: allow a checkpoint that needs "
+                   "code to load (a pickle the safe weights-only loader refuses); only for files you trust "
+                   "(landscape train's own checkpoints never need it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -146,7 +151,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], device: Optional[str],
                              "model_spec": args.model, "model_kwargs": model_kwargs, "data": train_data.spec,
                              "data_description": train_data.description, "loss_function": _loss_name(loss),
                              "num_params": sum(p.numel() for p in model.parameters())})
-    result = trainer.run(resume=args.resume, progress=False if args.quiet else None)
+    result = trainer.run(resume=args.resume, trust=args.trust_checkpoint, progress=False if args.quiet else None)
     if trainer.writer:
         print(f"{result.stop_reason} after {result.steps} steps in {result.seconds:.1f} s")
         print(f"run: {args.output}\ncheckpoint: {result.checkpoint}")

@@ -90,8 +90,7 @@ def _file_rows(path: Path) -> list[FlatnessRow]:
 
 
 def _read_run_if_any(path: Path) -> Optional[RunRecord]:
-    with store.open_results(path) as handle:
-        has_run = "run" in handle
+    has_run = store.read_file(path, lambda handle: "run" in handle)  # retried while a run appends to the file
     return store.read_run(path) if has_run else None
 
 

@@ -21,6 +21,8 @@ from landscape.analysis import AnalysisSettings, analyze
 from landscape.checkpoints import load_checkpoint
 from landscape.compare import flatness_rows, flatness_table
 from landscape.data import load_data
+from landscape.devices import check_device
+from landscape.errors import OptionError
 from landscape.models import mlp
 from landscape.plot.compare import plot_compare
 from landscape.plot.curvature import plot_curvature
@@ -28,7 +30,7 @@ from landscape.plot.sam import plot_sam
 from landscape.plot.sharpening import plot_sharpening
 from landscape.plot.spectrum import plot_spectrum
 from landscape.plot.surface import plot_surface
-from landscape.surface import evaluate_surface, parse_grid, random_direction
+from landscape.surface import check_grid_size, evaluate_surface, parse_grid, random_direction
 from landscape.tracking import TrackerSettings
 from landscape.train import Trainer, TrainSettings
 
@@ -129,10 +131,21 @@ def _draw_runs(plot: Callable, paths: list[Path], output: Path) -> list[Path]:
 
 def run_demo(out: Optional[Path] = None, settings: DemoSettings = DemoSettings(), *, progress: Optional[bool] = None,
              say: Callable[[str], None] = print) -> tuple[str, Path]:
-    """Train, track, analyse, compare and draw; returns the comparison table and the output folder."""
+    """Train, track, analyse, compare and draw; returns the comparison table and the output folder.
+
+    The device, the grid and ``out`` (a folder, new or existing) are checked before any work."""
     start = time.perf_counter()
+    check_device(settings.device)
+    grid = parse_grid(settings.grid)
+    check_grid_size(grid, grid)
     out = Path(out) if out is not None else new_folder()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out} is an existing file, not a folder; give a folder (new or existing) for the "
+                          "demo's files")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OptionError(f"--out {out}: cannot create the folder ({err.strerror})") from None
     runs = train_all(out, settings, progress, say)
     results = analyse_minima(out, settings, progress, say)
     figures = draw(out, runs, results)

@@ -28,6 +28,17 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, markd
     return "\n".join(lines)
 
 
+#: how many characters of a text attribute `landscape info` shows (a file may hold megabytes in one)
+SHOWN = 200
+
+
+def shorten(value: Any, limit: int = SHOWN) -> str:
+    """``str(value)``, or its first ``limit`` characters followed by how long it is, e.g. ``"abc... (104,857,600
+    characters)"``."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _number(value: Optional[float], digits: int = 5) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
@@ -64,19 +75,19 @@ def _describe_result(result: Any) -> str:
     kind = type(result).__name__
     if kind == "EigenResult":
         values = ", ".join(f"{v:.5g}" for v in result.values)
-        return f"{len(result.values)} eigenvalues ({result.which}): {values}"
+        return f"{len(result.values)} eigenvalues ({shorten(result.which)}): {values}"
     if kind == "TraceResult":
-        return f"{result.estimate:.6g} ± {result.stderr:.2g} ({result.method}, {result.num_matvecs} HVPs)"
+        return f"{result.estimate:.6g} ± {result.stderr:.2g} ({shorten(result.method)}, {result.num_matvecs} HVPs)"
     if kind == "JacobianResult":
         bound = f", layer-norm bound {result.lipschitz_upper:.4g}" if result.lipschitz_upper is not None else ""
         spectral = f"spectral mean {result.spectral_mean:.4g}, max {result.spectral_max:.4g}" \
             if result.spectral is not None else ""
-        return f"{result.num_samples} samples ({result.outputs}): {spectral}{bound}"
+        return f"{result.num_samples} samples ({shorten(result.outputs)}): {spectral}{bound}"
     if kind == "SurfaceResult":
         shape = "×".join(str(n) for n in result.loss.shape)
         finite = result.loss[np.isfinite(result.loss)]
         span = f"loss {finite.min():.4g}–{finite.max():.4g}" if finite.size else "nothing computed yet"
-        return f"{result.kind}, {shape} grid, {span}, {result.missing} cells left"
+        return f"{shorten(result.kind)}, {shape} grid, {span}, {result.missing} cells left"
     if kind == "DensityResult":
         return (f"{result.num_probes} probes × {result.num_steps} steps on [{result.grid[0]:.4g}, "
                 f"{result.grid[-1]:.4g}], {len(result.grid)} grid points")
@@ -84,8 +95,9 @@ def _describe_result(result: Any) -> str:
 
 
 def describe(path: str | Path) -> str:
-    """What a results file holds: versions, then each checkpoint's provenance and results (per layer too)."""
-    root = store.root_attributes(path)
+    """What a results file holds: versions, then each checkpoint's provenance and results (per layer too); a long
+    attribute is shortened (:func:`shorten`)."""
+    root = {key: shorten(value) for key, value in store.root_attributes(path).items()}
     lines = [f"{path}: landscape results, format version {root.get('format_version')}",
              f"  created {root.get('created')}, modified {root.get('modified')}, landscape "
              f"{root.get('landscape_version')}, torch {root.get('torch_version')}, h5py {root.get('h5py_version')}"]
@@ -95,46 +107,51 @@ def describe(path: str | Path) -> str:
     if not records and len(lines) == 2:
         lines.append("  no checkpoints and no training run yet")
     for record in records.values():
-        a = record.attrs
-        lines.append(f"checkpoints/{record.name}: step {a.get('step', '-')}, {a.get('path')} ({a.get('format')}, "
-                     f"sha256 {str(a.get('sha256', ''))[:12]}…)")
+        a = {key: shorten(value) for key, value in record.attrs.items()}
+        lines.append(f"checkpoints/{shorten(record.name)}: step {a.get('step', '-')}, {a.get('path')} "
+                     f"({a.get('format')}, sha256 {str(a.get('sha256', ''))[:12]}…)")
         if "data" in a:  # written by analyze (a surface alone keeps its provenance on the result)
             lines.append(f"  model {a.get('model_spec') or '(in the file)'}, {a.get('num_params')} parameters; "
                          f"data {a.get('data_description', a.get('data'))}; loss {a.get('loss_function')}; "
                          f"{a.get('dtype')} on {a.get('device')}, seed {a.get('seed')}")
+        if "notes" in record.attrs:
+            lines.append(f"  notes: {shorten('; '.join(map(str, record.attrs['notes'])))}")
         for metric, result in record.results.items():
             lines.append(f"  {metric}: {_describe_result(result)}")
         for layer, results in record.layers.items():
             summary = "; ".join(f"{m}: {_describe_result(r)}" for m, r in results.items())
-            lines.append(f"  layers/{layer}: {summary}")
+            lines.append(f"  layers/{shorten(layer)}: {summary}")
     return "\n".join(lines)
 
 
 def _describe_peers(path: str | Path) -> list[str]:
     """The rows of a peer benchmark (``/peers``, written by scripts/bench_peers.py): what they cover."""
-    with store.open_results(path) as handle:
+    def read(handle: Any) -> Optional[tuple[dict[str, list[str]], Any]]:
         if "peers" not in handle:
-            return []
+            return None
         group = handle["peers"]
         plurals = {"workload": "workloads", "dtype": "dtypes", "task": "tasks", "library": "libraries"}
-        columns = {plural: [str(v) for v in group[name].asstr()[()]] for name, plural in plurals.items()
-                   if name in group}
-        command = group.attrs.get("command", "")
+        return ({plural: [str(v) for v in group[name].asstr()[()]] for name, plural in plurals.items()
+                 if name in group}, store.get_attrs(group).get("command", ""))
+
+    found = store.read_file(path, read)  # retried while a training run appends to the file
+    if found is None:
+        return []
+    columns, command = found
     covered = "; ".join(f"{plural} {', '.join(dict.fromkeys(values))}" for plural, values in columns.items())
-    return [f"peers: {len(columns.get('tasks', []))} benchmark rows ({covered}); drawn by `landscape plot FILE "
-            f"--kind peers`", f"  command: {command}"]
+    return [f"peers: {len(columns.get('tasks', []))} benchmark rows ({shorten(covered)}); drawn by `landscape "
+            f"plot FILE --kind peers`", f"  command: {shorten(command)}"]
 
 
 def _describe_run(path: str | Path) -> list[str]:
     """A training run's settings, how it ended, and its first and last curvature records."""
-    try:
-        run = store.read_run(path)
-    except store.StoreError:
+    if not store.read_file(path, lambda handle: "run" in handle):
         return []
+    run = store.read_run(path)  # a damaged run is a StoreError, not a file without a run
     settings = json.loads(run.attrs.get("settings", "{}"))
     steps = run.tables.get("run", {}).get("step", [])
-    lines = [f"run: {settings.get('optimizer')} lr {settings.get('lr')}, {len(steps)} steps recorded; "
-             f"{run.attrs.get('stop_reason', 'not finished (killed or still running)')}"]
+    lines = [f"run: {shorten(settings.get('optimizer'))} lr {shorten(settings.get('lr'))}, {len(steps)} steps "
+             f"recorded; {shorten(run.attrs.get('stop_reason', 'not finished (killed or still running)'))}"]
     curvature = run.tables.get("run/curvature", {})
     if "lambda_max" in curvature and len(curvature["lambda_max"]):
         first, last = curvature["lambda_max"][0], curvature["lambda_max"][-1]

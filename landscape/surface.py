@@ -38,8 +38,10 @@ from landscape.operators.params import FlatLayout, select_parameters
 from landscape.progress import progress_bar
 
 __all__ = [
+    "MAX_GRID_CELLS",
     "Directions",
     "SurfaceResult",
+    "check_grid_size",
     "checkpoint_line",
     "checkpoint_plane",
     "eigen_directions",
@@ -124,8 +126,17 @@ class SurfaceResult:
 
 
 # -- grids -------------------------------------------------------------------------------------------------------
+#: The most cells (points of a curve, or rows × columns of a plane) a surface may have. The arrays themselves are
+#: small (loss and accuracy, 16 bytes a cell: 16 MB here, a few copies of which are held and rewritten to the results
+#: file as rows complete), but every cell is a full pass over the data, so a million cells (1000×1000; the default is
+#: 51×51 = 2,601) is already far more than any figure shows: a generous cap that refuses a mistyped NUM (an extra
+#: zero or three) up front, before it allocates gigabytes or runs for months.
+MAX_GRID_CELLS = 1_000_000
+
+
 def parse_grid(text: str, option: str = "--grid") -> np.ndarray:
-    """``"START:STOP:NUM"`` → NUM evenly spaced values from START to STOP (both included)."""
+    """``"START:STOP:NUM"`` → NUM evenly spaced values from START to STOP (both included), NUM at most
+    :data:`MAX_GRID_CELLS`."""
     hint = f"{option} takes START:STOP:NUM with START < STOP and NUM >= 2, e.g. -1:1:51; got {text!r}"
     parts = str(text).split(":")
     if len(parts) != 3:
@@ -136,7 +147,19 @@ def parse_grid(text: str, option: str = "--grid") -> np.ndarray:
         raise OptionError(hint) from None
     if not (math.isfinite(start) and math.isfinite(stop) and start < stop and num >= 2):
         raise OptionError(hint)
+    if num > MAX_GRID_CELLS:
+        raise OptionError(f"{option} {text}: {num:,} points is more than a surface may have (at most "
+                          f"{MAX_GRID_CELLS:,} cells, e.g. 1000×1000; each cell is a pass over the data)")
     return np.linspace(start, stop, num)
+
+
+def check_grid_size(x: np.ndarray, y: Optional[np.ndarray] = None, option: str = "--grid") -> None:
+    """Refuse a grid of more than :data:`MAX_GRID_CELLS` cells (``option`` names the grid in the message)."""
+    cells = len(x) * (1 if y is None else len(y))
+    if cells > MAX_GRID_CELLS:
+        shape = f"{len(x)}" if y is None else f"{len(x)}×{len(y)}"
+        raise OptionError(f"{option}: a {shape} grid has {cells:,} cells, more than a surface may have (at most "
+                          f"{MAX_GRID_CELLS:,}, e.g. 1000×1000; each cell is a pass over the data)")
 
 
 def grid_spec(values: np.ndarray) -> str:
@@ -364,6 +387,7 @@ def evaluate_surface(
         raise OptionError("one direction makes a 1-D surface: give the x grid only (no y grid, no --grid-y)")
     if directions.dims == 2 and y is None:
         raise OptionError("two directions make a 2-D surface: give a y grid too")
+    check_grid_size(x, y, "the grid")
     first = _trainable(model)[0][1]
     dtype = dtype or first.dtype
     device = torch.device(device) if device is not None else first.device

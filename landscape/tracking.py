@@ -4,6 +4,7 @@ top eigenvector, the trace by Hutch++, loss and accuracy on the train and test s
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -35,6 +36,17 @@ class TrackerSettings:
     dtype: Optional[torch.dtype] = None
     device: Optional[str] = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse values no record could be made with, before any run file exists (named as the CLI spells them)."""
+        if self.top_k < 1:
+            raise OptionError(f"--track-top-k must be a positive integer, got {self.top_k}")
+        if not (self.tol > 0 and math.isfinite(self.tol)):
+            raise OptionError(f"--track-tol must be a positive number, got {self.tol}")
+        if self.trace_matvecs < 0:
+            raise OptionError(f"--track-trace-matvecs must be 0 (no trace) or more, got {self.trace_matvecs}")
+        if self.seed < 0:
+            raise OptionError(f"--seed must be 0 or more, got {self.seed}")
 
 
 def _check(settings: TrackerSettings) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ from torch import nn
 
 from landscape import store
 from landscape.checkpoints import load_training_state, save_checkpoint
-from landscape.errors import DataError, LossError, OptionError
+from landscape.errors import DataError, LandscapeError, LossError, OptionError
+from landscape.losses import check_targets, loss_name
 from landscape.operators.distributed import is_writer
+from landscape.operators.functional import eval_mode
 from landscape.optim.registry import NOT_DATA_PARALLEL, build_optimizer, resolve_hyperparameters, training_step
 from landscape.parallel import DataParallel
 from landscape.progress import progress_bar
@@ -62,8 +65,12 @@ class TrainSettings:
         for name in ("track_every", "save_every", "warmup"):
             if getattr(self, name) < 0:
                 raise OptionError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise OptionError(f"--lr must be positive, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise OptionError(f"--lr must be a positive number, got {self.lr}")
+        if self.seed < 0:
+            raise OptionError(f"--seed must be 0 or more, got {self.seed}")
+        if not self.divergence_factor > 1:
+            raise OptionError(f"divergence_factor must be more than 1, got {self.divergence_factor}")
         if self.batch_size is not None and self.batch_size < 1:
             raise OptionError(f"--batch-size must be a positive integer, got {self.batch_size}")
         if self.schedule not in SCHEDULES:
@@ -142,10 +149,15 @@ class BatchOrder:
         self.position = int(state["position"])
 
 
+CHECKPOINT_NAME = re.compile(r"step_(\d+)\.pt")
+
+
 def latest_checkpoint(folder: Path) -> Optional[Path]:
-    """The checkpoint with the highest step in ``folder`` (files ``step_<N>.pt``)."""
-    found = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return found[-1] if found else None
+    """The checkpoint with the highest step in ``folder``: only files named ``step_<N>.pt`` count, so other files
+    there (``step_best.pt``, ``notes.pt``) are ignored."""
+    steps = {int(match[1]): p for p in folder.glob("step_*.pt")
+             if (match := CHECKPOINT_NAME.fullmatch(p.name)) and p.is_file()}
+    return steps[max(steps)] if steps else None
 
 
 class _NoWriter:
@@ -222,8 +234,9 @@ class Trainer:
                                "first_loss": self.first_loss})
         return path
 
-    def restore(self, path: Path) -> None:
-        state = load_training_state(path)
+    def restore(self, path: Path, *, trust: bool = False) -> None:
+        """Continue from a checkpoint :meth:`save` wrote (weights-only; ``trust`` allows one that needs code)."""
+        state = load_training_state(path, trust=trust)
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         extra = state["extra"]
@@ -261,59 +274,111 @@ class Trainer:
 
     def _check_loss(self, value: float) -> None:
         if self.first_loss is None:
+            if not math.isfinite(value):
+                raise LossError(f"the loss is {value} at the first step, before any update: the data or the "
+                                "model's initial parameters hold NaN/inf")
             self.first_loss = value
         if not math.isfinite(value) or value > self.settings.divergence_factor * max(self.first_loss, 1e-12):
             raise LossError(f"training diverged at step {self.step}: loss {value:.4g} (first loss "
                             f"{self.first_loss:.4g}); the records so far are in {self.output} and the last good "
                             f"checkpoint in {self.checkpoint_dir}; lower --lr")
 
-    def run(self, *, resume: bool = False, progress: Optional[bool] = None) -> TrainResult:
-        """Train to ``settings.steps`` (or a target), appending records; with ``resume``, from the last checkpoint."""
+    def run(self, *, resume: bool = False, trust: bool = False, progress: Optional[bool] = None) -> TrainResult:
+        """Train to ``settings.steps`` (or a target), appending records; with ``resume``, from the last checkpoint
+        (or from step 0 when the run stopped before its first one), loaded weights-only unless ``trust``.
+
+        If anything fails before the first step is complete, a run file this call created is removed again (with the
+        checkpoint folder, when this call created it and it is empty); a resumed run's file is never removed.
+        """
         start = time.perf_counter()
         s = self.settings
+        self._check_pairing()
+        restored = False
         if resume:
-            writer = self._resume_writer()
+            writer, restored = self._resume_writer(trust)
         else:
             writer = store.RunWriter(self.output, self.attrs) if self.writer else _NoWriter()
+        created = not resume and self.writer
+        folder_existed = self.checkpoint_dir.exists()
+        first_step_done = False
         reduce = None if self.parallel is None else self.parallel.reduce
         checkpoint, stop = None, None
         bar = progress_bar(s.steps, "training", progress if self.writer else False, unit="step")
         bar.update(self.step)
-        with writer:
-            if s.track_every and self.step % s.track_every == 0 and not resume:
-                stop = self._track(writer)
-            while stop is None and self.step < s.steps:
-                loss_value, used = training_step(self.optimizer, self.model, self.loss, self._batch(), reduce=reduce)
-                if self.parallel is not None:
-                    self.parallel.sync_buffers()
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
-                self.step += 1
-                row = {"step": self.step, "loss": loss_value, "lr": lr, "grad_evals": used}
-                if self.tracker.top_vector is not None:  # the iterate along the top eigenvector (SAM's bouncing)
-                    row["top_projection"] = self._projection()
-                writer.append("run", row)
-                try:
-                    self._check_loss(loss_value)
-                except LossError as err:
-                    writer.set_attrs("run", {"stop_reason": str(err), "final_step": self.step})
-                    raise
-                bar.update(1)
-                if s.track_every and self.step % s.track_every == 0:
+        try:
+            with writer:
+                if s.track_every and self.step % s.track_every == 0 and not restored:
                     stop = self._track(writer)
-                if s.save_every and self.step % s.save_every == 0:
+                while stop is None and self.step < s.steps:
+                    loss_value, used = training_step(self.optimizer, self.model, self.loss, self._batch(),
+                                                     reduce=reduce)
+                    if self.parallel is not None:
+                        self.parallel.sync_buffers()
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.scheduler.step()
+                    self.step += 1
+                    row = {"step": self.step, "loss": loss_value, "lr": lr, "grad_evals": used}
+                    if self.tracker.top_vector is not None:  # the iterate along the top eigenvector (SAM's bouncing)
+                        row["top_projection"] = self._projection()
+                    writer.append("run", row)
+                    try:
+                        self._check_loss(loss_value)
+                    except LossError as err:
+                        writer.set_attrs("run", {"stop_reason": str(err), "final_step": self.step})
+                        raise
+                    first_step_done = True
+                    bar.update(1)
+                    if s.track_every and self.step % s.track_every == 0:
+                        stop = self._track(writer)
+                    if s.save_every and self.step % s.save_every == 0:
+                        checkpoint = self.save()
+                stop = stop or f"reached {s.steps} steps"
+                if checkpoint is None or checkpoint.stem != f"step_{self.step}":
                     checkpoint = self.save()
-            stop = stop or f"reached {s.steps} steps"
-            if checkpoint is None or checkpoint.stem != f"step_{self.step}":
-                checkpoint = self.save()
-            writer.set_attrs("run", {"stop_reason": stop, "final_step": self.step})
-        bar.close()
+                writer.set_attrs("run", {"stop_reason": stop, "final_step": self.step})
+        except BaseException:
+            if created and not first_step_done:
+                self._remove_partial_run(folder_existed)
+            raise
+        finally:
+            bar.close()
         return TrainResult(self.step, stop, checkpoint, time.perf_counter() - start)
 
-    def _resume_writer(self) -> store.RunWriter | _NoWriter:
-        last = latest_checkpoint(self.checkpoint_dir)
-        if last is None:
-            raise OptionError(f"--resume: no checkpoint step_<N>.pt in {self.checkpoint_dir} to resume from")
+    def _check_pairing(self) -> None:
+        """Run the model and the loss on the first training batch (in eval mode, without gradients) before any file
+        is written, so that a model that does not fit the data, bad labels or a non-finite loss fail in one line."""
+        inputs, targets = self.X[:self.order.batch_size], self.y[:self.order.batch_size]
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                outputs = self.model(inputs)
+                check_targets(self.loss, outputs, targets)
+                value = self.loss(outputs, targets)
+        except LandscapeError:
+            raise
+        except Exception as err:  # the model's or the loss's own code failing on this data: keep the first line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DataError(f"the model fails on the training data: {first}; check --model, --model-kwargs, --data "
+                            "and --loss") from None
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            raise LossError(f"the loss {loss_name(self.loss)} must return a scalar (the batch mean)")
+        if not math.isfinite(float(value)):
+            raise LossError(f"the loss is {float(value)} on the first training batch, before any update: the data "
+                            "or the model's initial parameters hold NaN/inf")
+
+    def _remove_partial_run(self, folder_existed: bool) -> None:
+        """Remove what a run that failed before its first step left: its run file and, when this run created it and
+        it is still empty, its checkpoint folder (rank 0 only)."""
+        self.output.unlink(missing_ok=True)
+        if not folder_existed and self.checkpoint_dir.is_dir() and not any(self.checkpoint_dir.iterdir()):
+            self.checkpoint_dir.rmdir()
+
+    def _resume_writer(self, trust: bool) -> tuple[store.RunWriter | _NoWriter, bool]:
+        """The run file opened to continue it, and whether a checkpoint was restored: from the last checkpoint the
+        records after it are dropped; with none yet (the run stopped before its first), training starts again from
+        step 0 and every record is dropped (the run's attributes stay)."""
+        if not self.output.exists():
+            raise OptionError(f"--resume: there is no run file {self.output} to continue; start the run without "
+                              "--resume")
         saved = json.loads(store.read_run(self.output).attrs.get("settings", "{}"))
         mine = json.loads(self.attrs["settings"])
         changed = sorted(k for k in mine if k not in ("steps", "target_loss", "target_accuracy")
@@ -321,10 +386,13 @@ class Trainer:
         if changed:
             raise OptionError(f"--resume with settings that differ from the run in {self.output}: "
                               f"{', '.join(changed)}; resume with the original options")
-        self.restore(last)
+        last = latest_checkpoint(self.checkpoint_dir)
+        if last is not None:
+            self.restore(last, trust=trust)
         if not self.writer:
-            return _NoWriter()
+            return _NoWriter(), last is not None
         writer = store.RunWriter(self.output, self.attrs, resume=True)
-        writer.truncate("run", self.step)
-        writer.truncate("run/curvature", self.step)
-        return writer
+        keep = self.step if last is not None else -1  # -1: no record at all, not even step 0's curvature
+        writer.truncate("run", keep)
+        writer.truncate("run/curvature", keep)
+        return writer, last is not None

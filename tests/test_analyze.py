@@ -78,6 +78,8 @@ def test_every_format_gives_the_same_eigenvalues_as_the_dense_hessian(tmp_path, 
     out = tmp_path / "results.h5"
     for path, needs_model in files.items():
         extra = ["--model", "mlp", "--model-kwargs", f'{{"sizes": {SIZES}}}'] if needs_model else []
+        if path.suffix in (".ts", ".pt2"):  # programs: loading them needs --trust-checkpoint (tests/test_trust.py)
+            extra.append("--trust-checkpoint")
         code, stdout, err = run(analyze_args(path, out, "--metrics", "eigs", "--top-k", "3", "--tol", "1e-10",
                                              *extra), capsys)
         assert code == 0, (path, err)
@@ -220,7 +222,8 @@ def test_scripted_model_with_a_model_loss_over_batches_matches_the_dense_hessian
     out = tmp_path / "r.h5"
     code, _, err = run(analyze_args(tmp_path / "scripted.ts", out, "--loss",
                                     "datasets_for_tests:cross_entropy_model_loss", "--batch-size", "500",
-                                    "--metrics", "eigs", "--top-k", "2", "--tol", "1e-10"), capsys)
+                                    "--metrics", "eigs", "--top-k", "2", "--tol", "1e-10", "--trust-checkpoint"),
+                       capsys)
     assert code == 0, err
     record = store.read_results(out)["scripted"]
     np.testing.assert_allclose(record.results["eigen"].values, truth, rtol=1e-8)

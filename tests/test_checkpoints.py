@@ -75,20 +75,20 @@ def test_every_format_loads_the_same_weights(kind, model, batch, tmp_path):
     file_name, write, fmt = WRITERS[kind]
     path = tmp_path / file_name
     write(model, path)
-    checkpoint = load_mlp(path)
+    own_code = fmt in ("torchscript", "export")
+    checkpoint = load_mlp(path, trust=own_code)  # programs load only when trusted (tests/test_trust.py)
     assert checkpoint.info.format == fmt
     assert_same_model(checkpoint.model, model, batch)  # batch of 5: the export was traced with 2, batch dynamic
     assert all(p.device.type == "cpu" for p in checkpoint.model.parameters())
-    own_code = fmt in ("torchscript", "export")
     assert checkpoint.model_spec == (None if own_code else "mlp")
     assert checkpoint.model_kwargs == ({} if own_code else MLP_KWARGS)
 
 
 @pytest.mark.parametrize("kind", ["script", "export", "toolkit"])
 def test_self_describing_formats_need_no_model_spec(kind, model, batch, tmp_path):
-    file_name, write, _ = WRITERS[kind]
+    file_name, write, fmt = WRITERS[kind]
     write(model, tmp_path / file_name)
-    checkpoint = load_checkpoint(tmp_path / file_name)
+    checkpoint = load_checkpoint(tmp_path / file_name, trust=fmt in ("torchscript", "export"))
     assert_same_model(checkpoint.model, model, batch)
 
 
@@ -333,10 +333,10 @@ def valid_files(model, tmp_path_factory) -> dict[str, tuple[str, bytes]]:
     return files
 
 
-def load_or_landscape_error(path: Path) -> None:
+def load_or_landscape_error(path: Path, trust: bool = False) -> None:
     """The property: a Checkpoint, or a one-line LandscapeError; nothing else escapes."""
     try:
-        assert isinstance(load_mlp(path), Checkpoint)
+        assert isinstance(load_mlp(path, trust=trust), Checkpoint)
     except LandscapeError as err:
         assert "\n" not in str(err)
 
@@ -348,7 +348,7 @@ def test_damaged_files_load_or_raise_a_landscape_error(kind, mutations, valid_fi
     file_name, data = valid_files[kind]
     path = tmp_path_factory.getbasetemp() / f"damaged_{file_name}"
     path.write_bytes(mutate(data, mutations))
-    load_or_landscape_error(path)
+    load_or_landscape_error(path, trust=kind == "script")  # TorchScript is refused untrusted before it is read
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")

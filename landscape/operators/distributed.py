@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
+from landscape.devices import check_device
 from landscape.errors import DataError, LossError, OptionError
 from landscape.operators.base import LinearOperator
 from landscape.operators.batches import batch_size, checked_batches, is_single_batch
@@ -74,6 +75,7 @@ def init_from_env(device: Optional[str] = None) -> Optional[str]:
         dev = torch.device(device)
         if dev.index is None:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        check_device(str(dev))  # one GPU per rank: cuda:LOCAL_RANK must exist too
         torch.cuda.set_device(dev)
         device = str(dev)
     if not torch.distributed.is_initialized():

@@ -1,0 +1,55 @@
+"""Which torch device a ``--device`` value names, checked against the devices this machine has."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from landscape.errors import OptionError
+
+#: device types with a ``torch.<type>`` module that says whether (and how many of) them exist
+ACCELERATORS = ("cuda", "xpu", "mps")
+
+
+def _count(kind: str) -> int:
+    """How many devices of an accelerator type this machine (and this build of torch) offers."""
+    module = getattr(torch, kind, None)
+    if module is None or not module.is_available():
+        return 0
+    return module.device_count()
+
+
+def _available() -> str:
+    """The devices that exist here, for messages: ``cpu`` and, e.g., ``cuda:0 … cuda:1``."""
+    names = ["cpu"]
+    for kind in ACCELERATORS:
+        count = _count(kind)
+        if count == 1:
+            names.append(f"{kind} ({kind}:0)")
+        elif count > 1:
+            names.append(f"{kind}:0 … {kind}:{count - 1}")
+    return ", ".join(names)
+
+
+def check_device(device: Optional[str], option: str = "--device") -> Optional[str]:
+    """``device`` unchanged when this machine has it (None, the default CPU, too); else an :class:`OptionError`
+    that names ``option``, what was given and what exists."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"{option} {device!r} is not a torch device; this machine has {_available()}") from None
+    if parsed.type == "cpu":
+        return device
+    if parsed.type not in ACCELERATORS:
+        raise OptionError(f"{option} {device!r}: {parsed.type} devices are not supported; this machine has "
+                          f"{_available()}")
+    count = _count(parsed.type)
+    if count == 0:
+        raise OptionError(f"{option} {device!r}: no {parsed.type.upper()} device is available on this machine; "
+                          f"use {option} cpu")
+    if parsed.index is not None and parsed.index >= count:
+        raise OptionError(f"{option} {device!r}: there is no such device; this machine has {_available()}")
+    return device
