@@ -1,5 +1,6 @@
 """landscape: loss-landscape analysis for PyTorch — Hessian spectra, traces and spectral densities, matrix-free."""
 
+from landscape._version import __version__
 from landscape.analysis import AnalysisSettings, analyze
 from landscape.checkpoints import build_model, find_checkpoints, load_checkpoint, save_checkpoint
 from landscape.curvature import hessian_density, hessian_eigen, hessian_trace
@@ -15,11 +16,8 @@ from landscape.errors import (
 )
 from landscape.losses import resolve_loss
 from landscape.linalg import (
-    DensityResult,
-    DiagonalResult,
-    EigenResult,
-    JacobianResult,
-    TraceResult,
+    DenseOperator,
+    LinearOperator,
     diagonal,
     hutchinson,
     hutchpp,
@@ -29,20 +27,23 @@ from landscape.linalg import (
     spectral_density,
     trace,
 )
-from landscape.lipschitz import lipschitz_upper_bound
+from landscape.jacobian import jacobian_norms, lipschitz_upper_bound
 from landscape.operators import (
-    DenseOperator,
     FisherOperator,
     GGNOperator,
     HessianOperator,
-    LinearOperator,
     ModelLoss,
-    jacobian_norms,
+)
+from landscape.results import (
+    DensityResult,
+    DiagonalResult,
+    EigenResult,
+    JacobianResult,
+    SurfaceResult,
+    TraceResult,
 )
 from landscape.store import read_results, read_run
-from landscape.surface import SurfaceResult, evaluate_surface, random_direction
-
-__version__ = "0.1.0"
+from landscape.surface import evaluate_surface, random_direction
 
 __all__ = [
     # the main job: checkpoints, data and a loss in, results in HDF5 out

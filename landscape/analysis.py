@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -14,23 +13,23 @@ import torch
 from torch import nn
 
 from landscape import store
-from landscape.checkpoints import Checkpoint, file_sha256, find_checkpoints, load_checkpoint
+from landscape.checkpoints import Checkpoint, checkpoint_provenance, file_sha256, find_checkpoints, load_checkpoint
 from landscape.data import LoadedData
+from landscape.devices import dtype_name
+from landscape.distributed import LOCAL, Runtime
 from landscape.errors import LandscapeError, LossError, OptionError
+from landscape.jacobian import jacobian_norms
 from landscape.linalg import lanczos, spectral_density, trace
 from landscape.linalg.trace import METHODS as TRACE_METHODS
 from landscape.losses import check_targets, loss_name
 from landscape.operators.batches import checked_batches, move_batch
+from landscape.operators.evaluation import fit, no_grad_unless
 from landscape.operators.functional import ModelLoss, call_with, evaluate_loss
-from landscape.lipschitz import lipschitz_upper_bound
-from landscape.operators.ggn import FisherOperator, GGNOperator
-from landscape.operators.hessian import HessianOperator, ModelOperator
-from landscape.operators.jacobian import jacobian_norms
-from landscape.store import Result
+from landscape.operators.factory import CURVATURES, check_compile
+from landscape.results import CheckpointSummary, Result
 
 METRICS = ("eigs", "trace", "density", "jacobian")
 GROUP_NAMES = {"eigs": "eigen", "trace": "trace", "density": "density", "jacobian": "jacobian"}
-CURVATURES = ("hessian", "ggn", "fisher", "empirical-fisher")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class AnalysisSettings:
         """The settings as HDF5-friendly attributes."""
         attrs = dataclasses.asdict(self)
         attrs["metrics"] = list(self.metrics)
-        attrs["dtype"] = str(self.dtype).replace("torch.", "")
+        attrs["dtype"] = dtype_name(self.dtype)
         return attrs
 
     def fit_to(self, dimension: int) -> tuple["AnalysisSettings", list[str]]:
@@ -93,18 +92,6 @@ class AnalysisSettings:
         return dataclasses.replace(self, **changes), notes
 
 
-@dataclass(frozen=True)
-class CheckpointSummary:
-    """One row of the closing table."""
-
-    name: str
-    step: Optional[int]
-    loss: float
-    accuracy: Optional[float]
-    results: dict[str, Result]
-    seconds: float
-
-
 def curvature(
     model: nn.Module,
     loss: Any,
@@ -113,17 +100,16 @@ def curvature(
     *,
     params: Optional[Sequence[str]] = None,
     progress: Optional[bool] = None,
-    distributed: bool = False,
+    runtime: Runtime = LOCAL,
 ) -> dict[str, Result]:
     """The requested metrics of the curvature matrix (``settings.curvature``, the Hessian by default) of the mean loss
     over ``data`` (over ``params`` when given), and the input-output Jacobian norms when asked for.
 
-    ``distributed``: ``data`` is the whole data set on every rank of the initialised process group; each rank builds
-    the operator on its shard and every product is all-reduced (see :mod:`landscape.operators.distributed`); the
-    Jacobian norms are computed by rank 0 alone."""
-    op = curvature_operator(settings.curvature, model, loss, data, params=params, dtype=settings.dtype,
-                            device=settings.device, seed=settings.seed, distributed=distributed,
-                            compile=settings.compile)
+    Across processes (``runtime``), ``data`` is the whole data set on every rank; each rank builds the operator on its
+    shard and every product is all-reduced (see :mod:`landscape.operators.distributed`); the Jacobian norms are
+    computed by the writing rank alone."""
+    op = runtime.curvature_operator(settings.curvature, model, loss, data, params=params, dtype=settings.dtype,
+                                    device=settings.device, seed=settings.seed, compile=settings.compile)
     results: dict[str, Result] = {}
     if "eigs" in settings.metrics:
         eig = lanczos(op, min(settings.top_k, op.shape[0]), tol=settings.tol, seed=settings.seed,
@@ -136,52 +122,16 @@ def curvature(
         results["density"] = spectral_density(op, num_probes=settings.density_probes,
                                               num_steps=settings.density_steps, seed=settings.seed,
                                               progress=progress)
-    if "jacobian" in settings.metrics and params is None and (not distributed or _is_writer()):
+    if "jacobian" in settings.metrics and params is None and runtime.is_writer:
         results["jacobian"] = jacobian(model, data, settings, progress=progress)
     op.release()
     return results
 
 
-def check_compile(kind: str, compile: bool) -> None:
-    """``--compile`` compiles the Hessian's product; the other matrices have their own closed-form paths."""
-    if compile and kind != "hessian":
-        raise OptionError(f"--compile applies to --curvature hessian, not {kind}")
-
-
-def curvature_operator(kind: str, model: nn.Module, loss: Any, data: Any, *, params: Optional[Sequence[str]] = None,
-                       dtype: Optional[torch.dtype] = None, device: Optional[str] = None,
-                       seed: int = 0, distributed: bool = False, compile: bool = False) -> ModelOperator:
-    """The Hessian, the generalized Gauss-Newton matrix, the Fisher (labels sampled from the model, one per sample)
-    or the empirical Fisher (the data's labels) of the mean loss, as an operator (``distributed``: this rank's
-    shard of ``data``, all-reduced, a :class:`~landscape.operators.distributed.DistributedOperator`; ``compile``:
-    the Hessian's products through ``torch.compile``)."""
-    check_compile(kind, compile)
-    if distributed:
-        from landscape.operators.distributed import distributed_curvature_operator
-
-        return distributed_curvature_operator(kind, model, loss, data, params=params, dtype=dtype,  # type: ignore
-                                              device=device, seed=seed, compile=compile)
-    common = dict(params=params, dtype=dtype, device=device)
-    if kind == "hessian":
-        return HessianOperator(model, loss, data, compile=compile, **common)
-    if kind == "ggn":
-        return GGNOperator(model, loss, data, **common)
-    if kind == "fisher":
-        return FisherOperator(model, loss, data, kind="true", seed=seed, **common)
-    if kind == "empirical-fisher":
-        return FisherOperator(model, loss, data, kind="empirical", **common)
-    raise OptionError(f"curvature must be one of {', '.join(CURVATURES)}, got {kind!r}")
-
-
 def jacobian(model: nn.Module, data: Any, settings: AnalysisSettings, *, progress: Optional[bool] = None) -> Result:
     """Per-sample Jacobian norms over the data, with the layer-norm product bound where the architecture allows it."""
-    result = jacobian_norms(model, data, outputs=settings.jacobian_outputs, dtype=settings.dtype,
-                            device=settings.device, seed=settings.seed, progress=progress)
-    try:
-        bound = lipschitz_upper_bound(model, tuple(first_batch(data)[0].shape[1:]))
-    except (OptionError, TypeError):  # not a plain feed-forward net: no bound
-        return result
-    return dataclasses.replace(result, lipschitz_upper=bound)
+    return jacobian_norms(model, data, outputs=settings.jacobian_outputs, lipschitz_bound="if-supported",
+                          dtype=settings.dtype, device=settings.device, seed=settings.seed, progress=progress)
 
 
 def layer_groups(model: nn.Module) -> dict[str, list[str]]:
@@ -201,44 +151,6 @@ def first_batch(data: Any) -> Any:
     raise AssertionError("checked_batches yields or raises")
 
 
-def _is_writer() -> bool:
-    from landscape.operators.distributed import is_writer
-
-    return is_writer()
-
-
-def _no_grad_unless(loss: Any) -> contextlib.AbstractContextManager:
-    """No autograd for plain losses; a model loss may differentiate the model itself (a physics residual)."""
-    return contextlib.nullcontext() if isinstance(loss, ModelLoss) else torch.no_grad()
-
-
-def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> Optional[int]:
-    """The number of correct predictions, or None when the outputs are not class scores for integer labels."""
-    if outputs.ndim != 2 or targets.ndim != 1 or targets.is_floating_point():
-        return None
-    return int((outputs.argmax(1) == targets).sum())
-
-
-def fit(model: nn.Module, loss: Any, data: Any, *, dtype: torch.dtype,
-        device: Optional[str] = None) -> tuple[float, Optional[float]]:
-    """Mean loss over the data, and accuracy when outputs are class scores and targets integer labels."""
-    total_loss, correct, count = 0.0, 0, 0
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    state = move_batch({k: v.detach() for k, v in [*model.named_parameters(), *model.named_buffers()]}, device, dtype)
-    with _no_grad_unless(loss):
-        for batch, size in checked_batches(data):
-            batch = move_batch(batch, device, dtype)
-            if isinstance(loss, ModelLoss):
-                value, right = evaluate_loss(model, loss, state, batch), None
-            else:
-                outputs = call_with(model, state, batch[0])
-                value, right = loss(outputs, batch[1]), _correct(outputs, batch[1])
-            total_loss += float(value.detach()) * size
-            correct = None if right is None or correct is None else correct + right
-            count += size
-    return total_loss / count, (None if correct is None else correct / count)
-
-
 def check_pairing(checkpoint: Checkpoint, loss: Any, data: LoadedData) -> None:
     """Run the model and loss on the first batch: wrong shapes, bad labels or a non-finite loss fail here, clearly."""
     model = checkpoint.model
@@ -249,7 +161,7 @@ def check_pairing(checkpoint: Checkpoint, loss: Any, data: LoadedData) -> None:
     batch = move_batch(first_batch(data.batches), param.device, param.dtype)
     state = dict(model.named_parameters()) | dict(model.named_buffers())
     try:
-        with _no_grad_unless(loss):
+        with no_grad_unless(loss):
             if not isinstance(loss, ModelLoss):
                 check_targets(loss, call_with(model, state, batch[0]), batch[1])
             value = evaluate_loss(model, loss, state, batch)
@@ -272,27 +184,22 @@ def analyze_checkpoint(
     settings: AnalysisSettings,
     *,
     progress: Optional[bool] = None,
-    distributed: bool = False,
+    runtime: Runtime = LOCAL,
 ) -> tuple[dict[str, Result], dict[str, tuple[list[str], dict[str, Result]]], float, Optional[float]]:
     """Whole-model results, per-layer results (when asked), and the loss and accuracy at the checkpoint
-    (``distributed``: over every rank's shard of ``data``, see :func:`curvature`)."""
+    (across processes: over every rank's shard of ``data``, see :func:`curvature`)."""
     model = checkpoint.model
     try:
-        if distributed:
-            from landscape.operators.distributed import local_num_samples, reduce_fit, shard_data
-
-            local = shard_data(data.batches)
-            loss_value, accuracy = fit(model, loss, local, dtype=settings.dtype, device=settings.device)
-            loss_value, accuracy = reduce_fit(loss_value, accuracy, local_num_samples(local),
-                                              device=settings.device or next(model.parameters()).device)
-        else:
-            loss_value, accuracy = fit(model, loss, data.batches, dtype=settings.dtype, device=settings.device)
-        results = curvature(model, loss, data.batches, settings, progress=progress, distributed=distributed)
+        local = runtime.shard(data.batches)
+        loss_value, accuracy = fit(model, loss, local, dtype=settings.dtype, device=settings.device)
+        loss_value, accuracy = runtime.mean_fit(loss_value, accuracy, local,
+                                                device=settings.device or next(model.parameters()).device)
+        results = curvature(model, loss, data.batches, settings, progress=progress, runtime=runtime)
         layers = {}
         if settings.per_layer:
             for group, names in layer_groups(model).items():
                 layers[group] = (names, curvature(model, loss, data.batches, settings, params=names, progress=progress,
-                                                  distributed=distributed))
+                                                  runtime=runtime))
     except LandscapeError as err:
         raise type(err)(f"{checkpoint.info.path}: {err}") from None
     return results, layers, loss_value, accuracy
@@ -301,17 +208,9 @@ def analyze_checkpoint(
 def checkpoint_attrs(checkpoint: Checkpoint, data: LoadedData, loss: Any, settings: AnalysisSettings,
                      command: Optional[str]) -> dict[str, Any]:
     """Provenance of one checkpoint's results: the file, the model, the data, the loss, the settings, the run."""
-    info = checkpoint.info
     model = checkpoint.model
     return {
-        "path": info.path,
-        "format": info.format,
-        "size": info.size,
-        "sha256": info.sha256,
-        "step": info.step,
-        "model_spec": checkpoint.model_spec,
-        "model_kwargs": dict(checkpoint.model_kwargs),
-        "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        **checkpoint_provenance(checkpoint),
         "data": data.spec,
         "data_description": data.description,
         "num_samples": data.num_samples,
@@ -355,7 +254,7 @@ def analyze(
     progress: Optional[bool] = None,
     report: Any = None,
     note: Any = None,
-    distributed: bool = False,
+    runtime: Runtime = LOCAL,
 ) -> list[CheckpointSummary]:
     """Analyse every checkpoint and add its results to ``output``, one atomic write per checkpoint.
 
@@ -365,23 +264,18 @@ def analyze(
     for each option adjusted to a checkpoint (--top-k or --density-steps beyond its number of parameters are
     clipped to it; its results record the values used and the notes).
 
-    ``distributed``: called on every rank of an initialised ``torch.distributed`` process group with the same
-    arguments (``data`` the whole data set); each rank works on its shard of the data, the curvature products are
-    all-reduced, and rank 0 alone reports, shows progress and writes ``output`` (the other ranks return the same
-    summaries).
+    ``runtime``: across processes (a :class:`~landscape.distributed.Runtime` of several ranks), called on every rank
+    of the process group with the same arguments (``data`` the whole data set); each rank works on its shard of the
+    data, the curvature products are all-reduced, and the writing rank (rank 0) alone reports, shows progress and
+    writes ``output`` (the other ranks return the same summaries).
     """
-    writer = True
-    if distributed:
-        from landscape.operators.distributed import broadcast_object, is_writer, rank_and_size
-
-        writer = is_writer()
-        if not writer:
-            report, note, progress = None, None, False
+    writer = runtime.is_writer
+    if not writer:
+        report, note, progress = None, None, False
     out_path = store.check_writable(output) if writer else Path(output)
     paths = find_checkpoints(checkpoints)
     skip = already_done(out_path, paths, settings) if resume and writer else set()
-    if distributed:
-        skip = broadcast_object(skip)  # rank 0 reads the output file; every rank skips the same checkpoints
+    skip = runtime.broadcast(skip)  # the writer reads the output file; every rank skips the same checkpoints
 
     def load(path: Path) -> Checkpoint:
         return load_checkpoint(path, model_spec=model_spec, model_kwargs=model_kwargs, trust=trust)
@@ -407,12 +301,10 @@ def analyze(
             report(f"[{index}/{len(paths)}] {path}: analysing {checkpoint.info.format}, step {checkpoint.info.step}")
         used, notes = fitted(checkpoint)
         results, layers, loss_value, accuracy = analyze_checkpoint(checkpoint, loss, data, used, progress=progress,
-                                                                   distributed=distributed)
+                                                                   runtime=runtime)
         seconds = time.perf_counter() - start
         attrs = checkpoint_attrs(checkpoint, data, loss, used, command)
-        attrs.update(loss=loss_value, accuracy=accuracy, seconds=seconds, notes=notes or None)
-        if distributed:
-            attrs["world_size"] = rank_and_size()[1]
+        attrs.update(loss=loss_value, accuracy=accuracy, seconds=seconds, notes=notes or None, **runtime.as_attrs())
         name = checkpoint.info.name
         if writer:
             with store.update_results(out_path) as handle:

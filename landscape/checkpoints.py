@@ -32,7 +32,7 @@ from torch import nn
 from torch._weights_only_unpickler import _get_allowed_globals
 
 from landscape.errors import CheckpointError, OptionError
-from landscape.files import replacing
+from landscape.files import PathLike, replacing
 from landscape.models import BUILTIN_MODELS
 from landscape.specs import import_callable
 
@@ -41,13 +41,12 @@ __all__ = [
     "Checkpoint",
     "CheckpointInfo",
     "build_model",
+    "checkpoint_provenance",
     "find_checkpoints",
     "load_checkpoint",
     "parse_model_kwargs",
     "save_checkpoint",
 ]
-
-PathLike = str | os.PathLike
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2", ".ts", ".jit")
 _NAME_SUFFIXES = CHECKPOINT_SUFFIXES + (".tar",)  # "checkpoint.pth.tar" is a common spelling
@@ -95,6 +94,15 @@ class Checkpoint:
     info: CheckpointInfo
     model_spec: str | None  # None when the file carries its own architecture (TorchScript, export, pickled module)
     model_kwargs: dict
+
+
+def checkpoint_provenance(checkpoint: Checkpoint) -> dict[str, Any]:
+    """What the results of a checkpoint record of it: the file (path, format, size, sha256, step) and the model
+    (spec, kwargs, number of trainable parameters)."""
+    info, model = checkpoint.info, checkpoint.model
+    return {"path": info.path, "format": info.format, "size": info.size, "sha256": info.sha256, "step": info.step,
+            "model_spec": checkpoint.model_spec, "model_kwargs": dict(checkpoint.model_kwargs),
+            "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 @dataclass(frozen=True)

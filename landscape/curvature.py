@@ -7,9 +7,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from landscape.linalg import DensityResult, EigenResult, TraceResult, lanczos, spectral_density, trace
-from landscape.operators.hessian import HessianOperator, LossFn
+from landscape.linalg import lanczos, spectral_density, trace
+from landscape.operators.hessian import HessianOperator
+from landscape.operators.model import LossFn
 from landscape.operators.params import ParamFilter
+from landscape.results import DensityResult, EigenResult, TraceResult
 
 
 def hessian_eigen(

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from landscape import store
 from landscape.analysis import AnalysisSettings, analyze
 from landscape.checkpoints import load_checkpoint
-from landscape.compare import flatness_rows, flatness_table
+from landscape.compare import flatness_table
 from landscape.data import load_data
 from landscape.devices import check_device
 from landscape.errors import OptionError
@@ -149,7 +149,7 @@ def run_demo(out: Optional[Path] = None, settings: DemoSettings = DemoSettings()
     runs = train_all(out, settings, progress, say)
     results = analyse_minima(out, settings, progress, say)
     figures = draw(out, runs, results)
-    table = flatness_table(flatness_rows([*runs.values(), results]))
+    table = flatness_table(store.flatness_rows([*runs.values(), results]))
     say(f"figures: {', '.join(str(f) for f in figures)} (and PDFs)")
     say(f"done in {time.perf_counter() - start:.0f} s; everything is in {out}/")
     return table, out

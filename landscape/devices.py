@@ -1,4 +1,5 @@
-"""Which torch device a ``--device`` value names, checked against the devices this machine has."""
+"""Which torch device a ``--device`` value names, checked against the devices this machine has; the name a dtype
+is recorded under."""
 
 from __future__ import annotations
 
@@ -53,3 +54,8 @@ def check_device(device: Optional[str], option: str = "--device") -> Optional[st
     if parsed.index is not None and parsed.index >= count:
         raise OptionError(f"{option} {device!r}: there is no such device; this machine has {_available()}")
     return device
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name a dtype is recorded under in results and provenance: ``torch.float32`` → ``"float32"``."""
+    return str(dtype).replace("torch.", "")

@@ -25,6 +25,7 @@ from typing import Iterator, Optional, Union
 
 from landscape.errors import LandscapeError
 
+#: A file path as every function of the package accepts it: a string or any ``os.PathLike``.
 PathLike = Union[str, os.PathLike]
 
 #: Seconds a writer waits for the lock before it says that it waits.

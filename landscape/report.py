@@ -9,7 +9,7 @@ import numpy as np
 from typing import Any, Optional, Sequence
 
 from landscape import store
-from landscape.store import CheckpointRecord
+from landscape.results import CheckpointRecord
 
 HEADERS = ("checkpoint", "step", "loss", "accuracy", "lambda_max", "lambda_k", "trace", "trace/n", "|J|_2 max", "HVPs",
            "seconds")
@@ -122,6 +122,15 @@ def describe(path: str | Path) -> str:
             summary = "; ".join(f"{m}: {_describe_result(r)}" for m, r in results.items())
             lines.append(f"  layers/{shorten(layer)}: {summary}")
     return "\n".join(lines)
+
+
+def info(path: str | Path, *, markdown: bool = False) -> str:
+    """What `landscape info` prints: :func:`describe`, then, when the file holds analysed checkpoints, their
+    :func:`results_table` after a blank line."""
+    text = describe(path)
+    if store.read_results(path):
+        text += "\n\n" + results_table(path, markdown=markdown)
+    return text
 
 
 def _describe_peers(path: str | Path) -> list[str]:

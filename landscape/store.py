@@ -11,6 +11,8 @@ Every write holds the file's lock (``.NAME.lock`` beside it) and goes to a tempo
 renamed over the target only once complete (see :mod:`landscape.files`), so concurrent writers keep every result,
 and a crash, an interrupt, a full disk or a bad input never leaves a half-written file nor damages an existing one.
 Reads are retried while a training run appends to the file; damaged attributes are a one-line :class:`StoreError`.
+The records written and read back are those of :mod:`landscape.results` (:func:`read_results`, :func:`read_run`,
+and :func:`flatness_rows`: the flatness measures of results and run files side by side).
 """
 
 from __future__ import annotations
@@ -27,23 +29,23 @@ import tempfile
 import time
 import typing
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
 import h5py
 import numpy as np
 import torch
 
 from landscape import files
-from landscape.errors import StoreError
-from landscape.linalg.results import DensityResult, DiagonalResult, EigenResult, JacobianResult, TraceResult
+from landscape._version import __version__
+from landscape.errors import OptionError, StoreError
+from landscape.files import PathLike
+from landscape.results import CheckpointRecord, FlatnessRow, Result, RunRecord
 
 FORMAT = "landscape"
 FORMAT_VERSION = 1
-RESULT_TYPES = {cls.__name__: cls for cls in (EigenResult, TraceResult, DensityResult, DiagonalResult, JacobianResult)}
-Result = Union[EigenResult, TraceResult, DensityResult, DiagonalResult]
-PathLike = Union[str, os.PathLike]
+#: The result records the store writes and reads, by the name a group's ``result_type`` attribute holds.
+RESULT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Result)}
 T = TypeVar("T")
 _JSON = "json:"
 #: Attributes read as numbers (or a JSON object's text), on the root, a checkpoint group and the run group.
@@ -57,26 +59,6 @@ READ_BACKOFF = 0.005
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-@dataclass(frozen=True)
-class CheckpointRecord:
-    """What a results file holds for one checkpoint: its attributes, its results, and its per-layer results."""
-
-    name: str
-    attrs: dict[str, Any]
-    results: dict[str, Result]
-    layers: dict[str, dict[str, Result]]
-
-    @property
-    def step(self) -> Optional[int]:
-        return self.attrs.get("step")
-
-
-def register_result_type(cls: type) -> type:
-    """Let the store write and read another frozen result dataclass (later metrics plug in here)."""
-    RESULT_TYPES[cls.__name__] = cls
-    return cls
-
-
 def now() -> str:
     """The current UTC time in ISO 8601, to the second."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -84,8 +66,6 @@ def now() -> str:
 
 def software_versions() -> dict[str, str]:
     """The versions that decide the numbers, for the root attributes."""
-    from landscape import __version__
-
     return {
         "landscape_version": __version__,
         "torch_version": torch.__version__,
@@ -508,14 +488,6 @@ def root_attributes(path: PathLike) -> dict[str, Any]:
 
 
 # -- training runs: append-only records ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunRecord:
-    """A training run file: the run's attributes, and each table (``run``, ``run/curvature``) as column arrays."""
-
-    attrs: dict[str, Any]
-    tables: dict[str, dict[str, np.ndarray]]
-
-
 class RunWriter:
     """A run's records as growing datasets (``maxshape=(None, ...)``), flushed at every append, so a run killed at any
     moment keeps everything it recorded. A new file is created complete (root and run attributes) by a rename.
@@ -662,3 +634,31 @@ def read_run(path: PathLike) -> RunRecord:
         return RunRecord(get_attrs(handle["run"]), tables)
 
     return read_file(path, read)
+
+
+# -- flatness rows: results and run files side by side ---------------------------------------------------------
+def flatness_rows(paths: Union[PathLike, Sequence[PathLike]]) -> list[FlatnessRow]:
+    """The :class:`~landscape.results.FlatnessRow` of every file, in the order given (a file's checkpoints by step,
+    then its run); nothing is recomputed.
+
+    :class:`StoreError` names a file that is missing, not a landscape file, or holds neither analysed checkpoints
+    nor a training run with curvature records."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise OptionError("compare needs at least one results or run file")
+    return [row for path in paths for row in _file_rows(Path(path))]
+
+
+def _file_rows(path: Path) -> list[FlatnessRow]:
+    """One row per analysed checkpoint, plus one for the training run when the file holds one."""
+    rows = [FlatnessRow.of_checkpoint(str(path), record) for record in read_results(path).values()]
+    has_run = read_file(path, lambda handle: "run" in handle)  # retried while a run appends to the file
+    run = read_run(path) if has_run else None
+    run_row = FlatnessRow.of_run(str(path), run) if run is not None else None
+    if run_row is not None:
+        rows.append(run_row)
+    if not rows:
+        what = "a training run without curvature records (train with --track-every N, N > 0)" if run is not None \
+            else "no training run"
+        raise StoreError(f"{path} has nothing to compare: no analysed checkpoints (landscape analyze) and {what}")
+    return rows

@@ -10,37 +10,41 @@ directions d as flat vectors over the model's trainable parameters (``named_para
   plane through three (A at the origin, B at (1, 0), C at (0, 1)).
 
 :func:`evaluate_surface` evaluates the grid without touching the model (``torch.func.functional_call``), row by row,
-over the whole data set with exact batch-size weighting, and resumes a grid whose cells are NaN.
+over the whole data set with exact batch-size weighting, and resumes a grid whose cells are NaN; the grid is a
+:class:`~landscape.results.SurfaceResult`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
 from landscape import store
-from landscape.errors import LossError, OptionError, ParameterError
+from landscape.analysis import check_pairing
+from landscape.checkpoints import Checkpoint, checkpoint_provenance, load_checkpoint
+from landscape.data import LoadedData
+from landscape.devices import dtype_name
+from landscape.errors import CheckpointError, OptionError, ParameterError, StoreError
 from landscape.linalg import lanczos
 from landscape.losses import loss_name
-from landscape.operators.batches import checked_batches, move_batch
-from landscape.operators.functional import ModelLoss, call_with, eval_mode, evaluate_loss, is_scripted
+from landscape.operators.evaluation import Evaluator
+from landscape.operators.functional import is_scripted
 from landscape.operators.hessian import HessianOperator
 from landscape.operators.params import FlatLayout, select_parameters
 from landscape.progress import progress_bar
+from landscape.results import SurfaceResult
 
 __all__ = [
     "MAX_GRID_CELLS",
     "Directions",
-    "SurfaceResult",
     "check_grid_size",
     "checkpoint_line",
     "checkpoint_plane",
@@ -50,6 +54,7 @@ __all__ = [
     "grid_spec",
     "parse_grid",
     "random_direction",
+    "run_surface",
 ]
 
 KINDS = ("random", "eigen", "line", "plane")
@@ -79,50 +84,6 @@ class Directions:
     @property
     def dims(self) -> int:
         return len(self.directions)
-
-
-@store.register_result_type
-@dataclass(frozen=True)
-class SurfaceResult:
-    """The loss (and accuracy) at ``θ₀ + x[i]·d₁ (+ y[j]·d₂)``: ``loss[i]`` or ``loss[i, j]``.
-
-    ``y`` is empty for a 1-D curve. NaN marks a cell not computed yet (a resumable grid), +inf a cell where the loss
-    is not finite; ``accuracy`` is NaN throughout when the outputs are not class scores with integer labels.
-    ``grid`` / ``grid_y`` are the ``START:STOP:NUM`` specs of the axes; ``kind`` is random, eigen, line or plane;
-    ``normalization`` and ``biases`` apply to random directions, ``eigenvalues`` to eigen directions;
-    ``direction_norms`` are the lengths ‖dᵢ‖; ``checkpoints`` (paths, origin first), ``checkpoint_names`` and
-    ``sha256`` name the files; ``data`` describes the data and ``command`` the command line that made the grid.
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    loss: np.ndarray
-    accuracy: np.ndarray
-    kind: str
-    grid: str
-    direction_norms: list
-    loss_function: str
-    dtype: str
-    seconds: float
-    grid_y: Optional[str] = None
-    normalization: Optional[str] = None
-    biases: Optional[str] = None
-    seed: Optional[int] = None
-    eigenvalues: Optional[list] = None
-    checkpoints: Optional[list] = None
-    checkpoint_names: Optional[list] = None
-    sha256: Optional[list] = None
-    data: Optional[str] = None
-    command: Optional[str] = None
-
-    @property
-    def dims(self) -> int:
-        return 1 if self.y.size == 0 else 2
-
-    @property
-    def missing(self) -> int:
-        """How many cells are still to compute."""
-        return int(np.isnan(self.loss).sum())
 
 
 # -- grids -------------------------------------------------------------------------------------------------------
@@ -260,70 +221,6 @@ def _check_same_size(a: torch.Tensor, other: torch.Tensor, name: str) -> None:
 
 
 # -- evaluation --------------------------------------------------------------------------------------------------
-class _Evaluator:
-    """Mean loss and accuracy over the data at many parameter vectors, the model left untouched."""
-
-    def __init__(self, model: nn.Module, loss: Any, data: Any, *, dtype: torch.dtype, device: torch.device,
-                 vectorize: bool) -> None:
-        self.model, self.loss, self.data = model, loss, data
-        self.dtype, self.device, self.vectorize = dtype, device, vectorize
-        trainable = _trainable(model)
-        self.names = [name for name, _ in trainable]
-        self.layout = FlatLayout(p.shape for _, p in trainable)
-        self.fixed = {name: move_batch(t.detach(), device, dtype)
-                      for name, t in [*model.named_parameters(), *model.named_buffers()] if name not in self.names}
-
-    def __call__(self, thetas: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Loss and accuracy (NaN when not classification) at each row of ``thetas`` (k, n), over all the data."""
-        k = thetas.shape[0]
-        total = torch.zeros(k, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(k, dtype=torch.float64, device=self.device)
-        classified, count = True, 0
-        parts = self.layout.split(thetas)
-        with self._grad_mode(), eval_mode(self.model):
-            for batch, size in checked_batches(self.data):
-                batch = move_batch(batch, self.device, self.dtype)
-                losses, right = self._batch(parts, batch)
-                total += losses.detach().double() * size
-                classified = classified and right is not None
-                if right is not None:
-                    correct += right
-                count += size
-        loss = (total / count).cpu().numpy()
-        accuracy = (correct / count).cpu().numpy() if classified else np.full(k, np.nan)
-        return np.where(np.isnan(loss), np.inf, loss), accuracy
-
-    def _grad_mode(self) -> contextlib.AbstractContextManager:
-        """No autograd, except for a model loss, which may differentiate the model in its inputs."""
-        return contextlib.nullcontext() if isinstance(self.loss, ModelLoss) else torch.no_grad()
-
-    def _state(self, parts: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {**self.fixed, **dict(zip(self.names, parts))}
-
-    def _batch(self, parts: tuple[torch.Tensor, ...], batch: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Per-point batch-mean losses (k,) and correct counts (k,) or None, at the k points in ``parts``."""
-        k = parts[0].shape[0]
-        if isinstance(self.loss, ModelLoss):
-            values = [evaluate_loss(self.model, self.loss, self._state([p[j] for p in parts]), batch) for j in range(k)]
-            return torch.stack([v.detach() for v in values]), None
-        if self.vectorize:
-            outputs = vmap(lambda *ps: functional_call(self.model, self._state(ps), (batch[0],)))(*parts)
-        else:
-            outputs = [call_with(self.model, self._state([p[j] for p in parts]), batch[0]) for j in range(k)]
-        losses = torch.stack([self.loss(out, batch[1]) for out in outputs])
-        if losses.ndim != 1:
-            raise LossError(f"the loss must return a scalar (the batch mean), got shape {tuple(losses.shape[1:])}")
-        right = [_correct(out, batch[1]) for out in outputs]
-        return losses, (None if right[0] is None else torch.stack(right).double())
-
-
-def _correct(outputs: torch.Tensor, targets: torch.Tensor) -> Optional[torch.Tensor]:
-    """The number of correct predictions, or None when the outputs are not class scores for integer labels."""
-    if outputs.ndim != 2 or targets.ndim != 1 or targets.is_floating_point():
-        return None
-    return (outputs.argmax(1) == targets).sum()
-
-
 def _blank(directions: Directions, x: np.ndarray, y: Optional[np.ndarray], loss: Any, dtype: torch.dtype,
            ) -> SurfaceResult:
     """A result with every cell NaN, described by the directions."""
@@ -334,7 +231,7 @@ def _blank(directions: Directions, x: np.ndarray, y: Optional[np.ndarray], loss:
         loss=np.full(shape, np.nan), accuracy=np.full(shape, np.nan), kind=d.get("kind", "custom"),
         grid=grid_spec(x), grid_y=None if y is None else grid_spec(y),
         direction_norms=[float(v.norm()) for v in directions.directions], loss_function=loss_name(loss),
-        dtype=str(dtype).replace("torch.", ""), seconds=0.0, normalization=d.get("normalization"),
+        dtype=dtype_name(dtype), seconds=0.0, normalization=d.get("normalization"),
         biases=d.get("biases"), seed=d.get("seed"), eigenvalues=d.get("eigenvalues"),
         checkpoints=d.get("checkpoints"), checkpoint_names=d.get("checkpoint_names"), sha256=d.get("sha256"),
         data=d.get("data"),
@@ -393,7 +290,7 @@ def evaluate_surface(
     device = torch.device(device) if device is not None else first.device
     if vectorize is None:
         vectorize = device.type == "cuda" and not is_scripted(model)
-    evaluator = _Evaluator(model, loss, data, dtype=dtype, device=device, vectorize=vectorize)
+    evaluator = Evaluator(model, loss, data, dtype=dtype, device=device, vectorize=vectorize)
     if directions.origin.numel() != evaluator.layout.numel:
         raise ParameterError(f"the directions have {directions.origin.numel()} entries but the model has "
                              f"{evaluator.layout.numel} trainable parameters")
@@ -420,9 +317,104 @@ def evaluate_surface(
         thetas = (origin + float(x[i]) * vectors[0]).expand(todo.size, -1)
         if y is not None:
             thetas = thetas + torch.as_tensor(np.asarray(y)[todo], dtype=dtype, device=device)[:, None] * vectors[1]
-        loss_grid[i, todo], accuracy_grid[i, todo] = evaluator(thetas)
+        losses, accuracy = evaluator(thetas)
+        loss_grid[i, todo] = np.where(np.isnan(losses), np.inf, losses)
+        accuracy_grid[i, todo] = np.nan if accuracy is None else accuracy
         bar.update(todo.size)
         if on_row is not None:
             on_row(snapshot())
     bar.close()
     return snapshot()
+
+
+# -- the job -----------------------------------------------------------------------------------------------------
+def run_surface(
+    checkpoints: Sequence[str | Path],
+    *,
+    data: LoadedData,
+    loss: Any,
+    output: str | Path,
+    x: np.ndarray,
+    y: Optional[np.ndarray] = None,
+    kind: str = "random",
+    normalization: str = "filter",
+    biases: str = "zero",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[str] = None,
+    model_spec: Optional[str] = None,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+    trust: bool = False,
+    resume: bool = False,
+    command: Optional[str] = None,
+    progress: Optional[bool] = None,
+    report: Optional[Callable[[str], None]] = None,
+) -> tuple[SurfaceResult, str]:
+    """The loss and accuracy over ``data`` on the grid ``x`` (× ``y`` for a plane) through the first checkpoint,
+    along ``kind`` directions: random (``normalization``, ``biases``, ``seed``; see :func:`random_direction`), eigen
+    (the top Hessian eigenvectors), line (through two checkpoints) or plane (through three); returns the grid and
+    its group name in ``output``.
+
+    The checkpoints are loaded (``model_spec``, ``model_kwargs``, ``trust``: see
+    :func:`~landscape.checkpoints.load_checkpoint`) and run on the first batch before any work. The grid goes to
+    ``checkpoints/<name>/surface`` of ``output`` after every row, each write atomic, with the origin's provenance
+    and ``command``; ``resume`` continues the grid ``output`` holds for the origin (only its NaN cells are
+    computed), which ``report(line)`` announces.
+    """
+    output = store.check_writable(output)
+    loaded = [load_checkpoint(p, model_spec=model_spec, model_kwargs=model_kwargs, trust=trust) for p in checkpoints]
+    check_pairing(loaded[0], loss, data)
+    for other in loaded[1:]:
+        _check_same_architecture(loaded[0], other)
+    origin = loaded[0]
+    name, existing = _stored(output, origin.info.path)
+    if existing is not None and not resume:
+        raise StoreError(f"{output} already holds a surface for {origin.info.path} (checkpoints/{name}/surface, "
+                         f"{existing.missing} of {existing.loss.size} cells left); pass --resume to continue it, "
+                         "or write to another file with -o")
+    dims = 1 if y is None else 2
+    if kind == "random":
+        directions = random_direction(origin.model, seed=seed, dims=dims, normalization=normalization, biases=biases)
+    elif kind == "eigen":
+        directions = eigen_directions(origin.model, loss, data.batches, dims, dtype=dtype, device=device, seed=seed,
+                                      progress=progress)
+    else:
+        thetas = [flat_parameters(c.model) for c in loaded]
+        directions = checkpoint_line(*thetas) if kind == "line" else checkpoint_plane(*thetas)
+    directions = dataclasses.replace(directions, description={
+        **directions.description, "checkpoints": [c.info.path for c in loaded],
+        "sha256": [c.info.sha256 for c in loaded], "checkpoint_names": [c.info.name for c in loaded],
+        "data": data.description})
+    attrs = checkpoint_provenance(origin)
+    written = [name]
+
+    def save(result: SurfaceResult) -> None:
+        with store.update_results(output) as handle:
+            written[0] = store.write_checkpoint(handle, origin.info.name, {"surface": dataclasses.replace(
+                result, command=command)}, attrs=attrs)
+
+    if existing is not None and report is not None:
+        left = f"{existing.missing} of {existing.loss.size} cells left" if existing.missing else "already complete"
+        report(f"resuming checkpoints/{name}/surface: {left}")
+    result = evaluate_surface(origin.model, loss, data.batches, directions, x, y, dtype=dtype, device=device,
+                              existing=existing, progress=progress, on_row=save)
+    return result, written[0]
+
+
+def _check_same_architecture(first: Checkpoint, other: Checkpoint) -> None:
+    """A line or plane needs checkpoints with the same trainable parameters (names and shapes)."""
+    shapes = [(name, tuple(p.shape)) for name, p in first.model.named_parameters() if p.requires_grad]
+    others = [(name, tuple(p.shape)) for name, p in other.model.named_parameters() if p.requires_grad]
+    if shapes != others:
+        raise CheckpointError(f"{other.info.path} has other parameters than {first.info.path}; a line or plane needs "
+                              "checkpoints of one architecture")
+
+
+def _stored(output: Path, path: str) -> tuple[Optional[str], Optional[SurfaceResult]]:
+    """The group name and surface the output already holds for the checkpoint at ``path`` (None, None if none)."""
+    if not output.exists():
+        return None, None
+    for name, record in store.read_results(output).items():
+        if record.attrs.get("path") == path and "surface" in record.results:
+            return name, record.results["surface"]
+    return None, None

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape.analysis import CURVATURES, check_compile, curvature_operator, fit
+from landscape.distributed import LOCAL, Runtime
 from landscape.errors import OptionError
+from landscape.jacobian import jacobian_norms
 from landscape.linalg import hutchpp, lanczos
-from landscape.operators.distributed import local_num_samples, reduce_fit, shard_data
-from landscape.operators.hessian import ModelOperator
-from landscape.operators.jacobian import jacobian_norms
+from landscape.linalg.operator import LinearOperator
+from landscape.operators.evaluation import fit
+from landscape.operators.factory import CURVATURES, check_compile
 
 
 @dataclass(frozen=True)
@@ -62,26 +63,25 @@ class CurvatureTracker:
     Every random draw is seeded from ``(settings.seed, step)``, so a resumed run repeats the records of an
     uninterrupted one exactly (the warm-start vector travels in :meth:`state_dict`).
 
-    ``distributed``: called on every rank of an initialised process group with the whole data; each rank works on
+    ``runtime``: across processes, called on every rank of the process group with the whole data; each rank works on
     its shard, products and sums are all-reduced, and every rank gets the same record (rank 0 writes it).
     """
 
     def __init__(self, loss: Any, train_data: Any, test_data: Any = None,
-                 settings: TrackerSettings = TrackerSettings(), *, distributed: bool = False) -> None:
+                 settings: TrackerSettings = TrackerSettings(), *, runtime: Runtime = LOCAL) -> None:
         self.loss = loss
         self.train_data = train_data
         self.test_data = test_data
         _check(settings)
         self.settings = settings
-        self.distributed = distributed
+        self.runtime = runtime
         self.previous: dict[str, torch.Tensor] = {}
 
-    def _lambda_max(self, kind: str, model: nn.Module, step: int) -> tuple[Any, ModelOperator]:
+    def _lambda_max(self, kind: str, model: nn.Module, step: int) -> tuple[Any, LinearOperator]:
         """Top eigenpairs of the ``kind`` matrix, warm-started from its previous top eigenvector."""
         s = self.settings
-        op = curvature_operator(kind, model, self.loss, self.train_data, dtype=s.dtype, device=s.device,
-                                seed=_seed(s.seed, step), distributed=self.distributed,
-                                compile=s.compile and kind == "hessian")
+        op = self.runtime.curvature_operator(kind, model, self.loss, self.train_data, dtype=s.dtype, device=s.device,
+                                             seed=_seed(s.seed, step), compile=s.compile and kind == "hessian")
         v0 = self.previous.get(kind) if s.warm_start else None
         k = min(s.top_k if kind == s.curvature else 1, op.shape[0])
         eig = lanczos(op, k, tol=s.tol, v0=v0, seed=_seed(s.seed, step), progress=False)
@@ -115,31 +115,21 @@ class CurvatureTracker:
         return {key: value for key, value in record.items() if value is not None}  # no accuracy for regression
 
     def _fit(self, model: nn.Module, data: Any, dtype: torch.dtype) -> tuple[float, Optional[float]]:
-        """Mean loss and accuracy over ``data`` (over every rank's shard of it, when distributed)."""
-        if not self.distributed:
-            return fit(model, self.loss, data, dtype=dtype, device=self.settings.device)
-        local = shard_data(data)
+        """Mean loss and accuracy over ``data`` (over every rank's shard of it, across processes)."""
+        local = self.runtime.shard(data)
         value, accuracy = fit(model, self.loss, local, dtype=dtype, device=self.settings.device)
-        return reduce_fit(value, accuracy, local_num_samples(local), device=self.settings.device or "cpu")
+        return self.runtime.mean_fit(value, accuracy, local, device=self.settings.device or "cpu")
 
     def _jacobian(self, model: nn.Module, dtype: torch.dtype, step: int) -> dict[str, float]:
-        """Mean and max per-sample Jacobian norms over the training data (all ranks' shards, when distributed)."""
+        """Mean and max per-sample Jacobian norms over the training data (all ranks' shards, across processes)."""
         s = self.settings
-        data = shard_data(self.train_data) if self.distributed else self.train_data
-        jac = jacobian_norms(model, data, dtype=dtype, device=s.device, seed=_seed(s.seed, step), progress=False)
-        norms = {"jacobian_mean": jac.spectral_mean, "jacobian_max": jac.spectral_max,
-                 "jacobian_frobenius_mean": jac.frobenius_mean}
-        if not self.distributed:
-            return norms
-        count = len(jac.spectral)
-        sums = torch.tensor([jac.spectral_mean * count, jac.frobenius_mean * count, count], dtype=torch.float64,
-                            device=s.device or "cpu")
-        largest = torch.tensor([jac.spectral_max], dtype=torch.float64, device=s.device or "cpu")
-        torch.distributed.all_reduce(sums)
-        torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
-        total_spectral, total_frobenius, total = sums.tolist()
-        return {"jacobian_mean": total_spectral / total, "jacobian_max": float(largest.item()),
-                "jacobian_frobenius_mean": total_frobenius / total}
+        jac = jacobian_norms(model, self.runtime.shard(self.train_data), dtype=dtype, device=s.device,
+                             seed=_seed(s.seed, step), progress=False)
+        device = s.device or "cpu"
+        spectral_mean, frobenius_mean = self.runtime.weighted_mean([jac.spectral_mean, jac.frobenius_mean],
+                                                                   len(jac.spectral), device=device)
+        return {"jacobian_mean": spectral_mean, "jacobian_max": self.runtime.max(jac.spectral_max, device=device),
+                "jacobian_frobenius_mean": frobenius_mean}
 
     @property
     def top_vector(self) -> Optional[torch.Tensor]:

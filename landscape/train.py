@@ -6,9 +6,9 @@ run file, and every ``track_every`` steps appends a curvature record (:mod:`land
 toolkit's format hold the model, the optimizer, the schedule, the data order, torch's random state and the tracker's
 warm-start vector, so ``resume`` continues a killed run exactly as if it had never stopped (on CPU).
 
-Under ``torchrun`` (``distributed``) every rank trains the same parameters on its part of each batch, with gradients
-averaged across ranks (:mod:`landscape.parallel`), and tracks curvature on its shard of the data with all-reduced
-products; rank 0 alone writes the run file and the checkpoints and shows progress.
+Under ``torchrun`` (a ``runtime`` of several processes) every rank trains the same parameters on its part of each
+batch, with gradients averaged across ranks (:mod:`landscape.distributed`), and tracks curvature on its shard of the
+data with all-reduced products; rank 0 alone writes the run file and the checkpoints and shows progress.
 """
 
 from __future__ import annotations
@@ -25,14 +25,16 @@ import torch
 from torch import nn
 
 from landscape import store
-from landscape.checkpoints import load_training_state, save_checkpoint
+from landscape.checkpoints import build_model, load_training_state, save_checkpoint
+from landscape.data import load_data
+from landscape.devices import dtype_name
+from landscape.distributed import LOCAL, Runtime
 from landscape.errors import DataError, LandscapeError, LossError, OptionError
-from landscape.losses import check_targets, loss_name
-from landscape.operators.distributed import is_writer
+from landscape.losses import check_targets, loss_name, resolve_loss
 from landscape.operators.functional import eval_mode
 from landscape.optim.registry import NOT_DATA_PARALLEL, build_optimizer, resolve_hyperparameters, training_step
-from landscape.parallel import DataParallel
 from landscape.progress import progress_bar
+from landscape.results import TrainResult
 from landscape.tracking import CurvatureTracker, TrackerSettings
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -79,19 +81,9 @@ class TrainSettings:
     def as_attrs(self) -> dict[str, Any]:
         attrs = asdict(self)
         attrs["hyperparameters"] = resolve_hyperparameters(self.optimizer, dict(self.hyperparameters))
-        attrs["tracker"] = {k: (str(v).replace("torch.", "") if isinstance(v, torch.dtype) else v)
+        attrs["tracker"] = {k: (dtype_name(v) if isinstance(v, torch.dtype) else v)
                             for k, v in asdict(self.tracker).items()}
         return attrs
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """How a run ended."""
-
-    steps: int
-    stop_reason: str
-    checkpoint: Optional[Path]
-    seconds: float
 
 
 def lr_factor(schedule: str, warmup: int, steps: int) -> Callable[[int], float]:
@@ -179,15 +171,15 @@ class _NoWriter:
 class Trainer:
     """One training run: the model, data, loss, optimizer, schedule, tracker, run file and checkpoints.
 
-    ``distributed``: constructed and run on every rank of an initialised process group with the same arguments.
+    ``runtime``: across processes, constructed and run on every rank of the process group with the same arguments.
     """
 
     def __init__(self, model: nn.Module, loss: Any, train_data: Any, test_data: Any, settings: TrainSettings, *,
                  output: str | Path, checkpoint_dir: Optional[str | Path] = None, model_spec: Optional[str] = None,
                  model_kwargs: Optional[Mapping[str, Any]] = None, dtype: torch.dtype = torch.float32,
                  device: Optional[str] = None, attrs: Optional[Mapping[str, Any]] = None,
-                 distributed: bool = False) -> None:
-        if distributed and settings.optimizer == "sa":
+                 runtime: Runtime = LOCAL) -> None:
+        if runtime.distributed and settings.optimizer == "sa":
             raise OptionError(NOT_DATA_PARALLEL)
         self.settings = settings
         self.device = torch.device(device or "cpu")
@@ -203,7 +195,7 @@ class Trainer:
             f"{self.output.stem}_checkpoints")
         self.model_spec, self.model_kwargs = model_spec, dict(model_kwargs or {})
         self.attrs = {**(attrs or {}), "settings": json.dumps(settings.as_attrs(), default=str),
-                      "dtype": str(dtype).replace("torch.", ""), "device": str(self.device)}
+                      "dtype": dtype_name(dtype), "device": str(self.device)}
         torch.manual_seed(settings.seed)  # dropout and any other draw from torch's global generator
         self.optimizer = build_optimizer(settings.optimizer, self.model, lr=settings.lr, seed=settings.seed,
                                          loss=loss, **dict(settings.hyperparameters))
@@ -213,11 +205,10 @@ class Trainer:
         self.model.train()  # dropout and BatchNorm as in training; the tracker measures in eval mode
         tracker_settings = TrackerSettings(**{**asdict(settings.tracker), "seed": settings.seed,
                                               "dtype": settings.tracker.dtype or dtype, "device": str(self.device)})
-        self.tracker = CurvatureTracker(loss, (self.X, self.y), test_data, tracker_settings, distributed=distributed)
-        self.parallel = DataParallel(self.model) if distributed else None
-        self.writer = is_writer() if distributed else True
-        if distributed:
-            self.attrs["world_size"] = self.parallel.world_size
+        self.tracker = CurvatureTracker(loss, (self.X, self.y), test_data, tracker_settings, runtime=runtime)
+        self.runtime = runtime
+        self.writer = runtime.is_writer
+        self.attrs.update(runtime.as_attrs())
         self.step = 0
         self.first_loss: Optional[float] = None
 
@@ -249,10 +240,9 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next batch (under torchrun, this rank's part of it)."""
+        """The next (whole) batch."""
         index = self.order.next()
-        batch = (self.X, self.y) if index is None else (self.X[index], self.y[index])
-        return batch if self.parallel is None else self.parallel.local_part(batch)
+        return (self.X, self.y) if index is None else (self.X[index], self.y[index])
 
     def _track(self, writer: store.RunWriter) -> Optional[str]:
         """Append a curvature record; the stop reason if a target is reached."""
@@ -301,7 +291,6 @@ class Trainer:
         created = not resume and self.writer
         folder_existed = self.checkpoint_dir.exists()
         first_step_done = False
-        reduce = None if self.parallel is None else self.parallel.reduce
         checkpoint, stop = None, None
         bar = progress_bar(s.steps, "training", progress if self.writer else False, unit="step")
         bar.update(self.step)
@@ -310,10 +299,9 @@ class Trainer:
                 if s.track_every and self.step % s.track_every == 0 and not restored:
                     stop = self._track(writer)
                 while stop is None and self.step < s.steps:
-                    loss_value, used = training_step(self.optimizer, self.model, self.loss, self._batch(),
-                                                     reduce=reduce)
-                    if self.parallel is not None:
-                        self.parallel.sync_buffers()
+                    batch, reduce = self.runtime.split_batch(self._batch(), self.model)  # this rank's part
+                    loss_value, used = training_step(self.optimizer, self.model, self.loss, batch, reduce=reduce)
+                    self.runtime.sync_buffers(self.model)
                     lr = self.optimizer.param_groups[0]["lr"]
                     self.scheduler.step()
                     self.step += 1
@@ -396,3 +384,56 @@ class Trainer:
         writer.truncate("run", keep)
         writer.truncate("run/curvature", keep)
         return writer, last is not None
+
+
+def train(
+    model_spec: str,
+    data_spec: str,
+    settings: TrainSettings,
+    *,
+    output: str | Path,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+    loss_spec: Optional[str] = None,
+    subset: Optional[int] = None,
+    checkpoint_dir: Optional[str | Path] = None,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[str] = None,
+    resume: bool = False,
+    trust: bool = False,
+    command: Optional[str] = None,
+    progress: Optional[bool] = None,
+    runtime: Runtime = LOCAL,
+) -> TrainResult:
+    """Train the model ``model_spec`` names (built with ``model_kwargs``, initialised from ``settings.seed``) on the
+    train split of the data ``data_spec`` names (a random ``subset`` of it, chosen with the seed, when given),
+    evaluating its test split when it has one, with the loss ``loss_spec`` names (default: the data's); the run goes
+    to ``output`` and the checkpoints to ``checkpoint_dir`` (see :class:`Trainer`).
+
+    ``resume`` continues the run in ``output`` from its last checkpoint (``trust``: allow one that needs code to
+    load); ``command`` is recorded in the run file. ``runtime``: across processes, called on every rank of the process
+    group with the same arguments (see :class:`Trainer`); rank 0 alone writes.
+    """
+    if not resume:
+        store.check_writable(output)
+    model_kwargs = dict(model_kwargs or {})
+    train_data = load_data(data_spec, split="train", subset=subset, seed=settings.seed)
+    test_data = _test_split(data_spec)
+    loss = resolve_loss(loss_spec, train_data.task)
+    torch.manual_seed(settings.seed)
+    model = build_model(model_spec, model_kwargs)
+    trainer = Trainer(model, loss, train_data.batches, test_data, settings, output=output,
+                      checkpoint_dir=checkpoint_dir, model_spec=model_spec, model_kwargs=model_kwargs, dtype=dtype,
+                      device=device, runtime=runtime,
+                      attrs={"command": command, "model_spec": model_spec, "model_kwargs": model_kwargs,
+                             "data": train_data.spec, "data_description": train_data.description,
+                             "loss_function": loss_name(loss),
+                             "num_params": sum(p.numel() for p in model.parameters())})
+    return trainer.run(resume=resume, trust=trust, progress=progress)
+
+
+def _test_split(spec: str) -> Optional[Any]:
+    """The data's test split when it has one (else None: files and built-ins without a test split train only)."""
+    try:
+        return load_data(spec, split="test").batches
+    except (OptionError, DataError):
+        return None

@@ -35,7 +35,7 @@ def measure(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from landscape.analysis import curvature_operator
+    from landscape.operators.factory import curvature_operator
     from landscape.linalg import lanczos
     from landscape.models import mlp
     from landscape.operators.distributed import DistributedOperator, shard_data

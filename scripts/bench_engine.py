@@ -22,23 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from _common import W3_TOP5, fmt_time, load_workload
 from landscape import HessianOperator, hutchinson, hutchpp, krylov_hutchinson, lanczos, spectral_density
-from landscape.models import cnn, mlp, resnet18
+from landscape.models import resnet18
 
 DEVICE = torch.device("cpu")  # set by --device
-
-# W3's top-5 from scipy eigsh in float64 with tol 0 (shared/bench/README.md): no dense answer exists for 1.08M params.
-W3_TOP5 = np.array([0.1108068, 0.0867240, 0.0707441, 0.0535318, 0.0483125])
-
-
-def load_workload(bench: Path, name: str) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
-    data = np.load(bench / "digits.npz")
-    X, y = torch.as_tensor(data["X"]), torch.as_tensor(data["y"])
-    model = {"w1": lambda: mlp((64, 128, 128, 10)), "w2": cnn, "w3": lambda: mlp((64, 1000, 1000, 10))}[name]()
-    if name == "w2":
-        X = X.reshape(-1, 1, 8, 8)
-    model.load_state_dict(torch.load(bench / f"{name}.pt", weights_only=True))
-    return model.eval().to(DEVICE), (X.to(DEVICE), y.to(DEVICE))
 
 
 def synchronize() -> None:
@@ -60,10 +48,6 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-def fmt_time(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
 def operator(model: nn.Module, data, **kw) -> HessianOperator:
     return HessianOperator(model, nn.functional.cross_entropy, data, **kw)
 
@@ -75,7 +59,7 @@ def bench_hvp(bench: Path, repeats: int) -> None:
           "| forward (jvp∘grad) | ratio | 16-col matmat / 16 matvecs | same, data in 4 batches |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, target in (("w1", 1.5), ("w2", 2.0), ("w3", 2.0)):
-        model, (X, y) = load_workload(bench, name)
+        model, (X, y) = load_workload(bench, name, DEVICE)
         reps = repeats * (10 if name == "w1" else 4 if name == "w2" else 1)
 
         def gradient() -> None:
@@ -116,7 +100,7 @@ def bench_eigen(bench: Path, repeats: int) -> None:
     print("|---|---|---|---|---|---|---|")
     targets = {("w1", 1): (20, 0.060), ("w1", 5): (45, 0.300)}
     for name in ("w1", "w2", "w3"):
-        model, data = load_workload(bench, name)
+        model, data = load_workload(bench, name, DEVICE)
         truth = W3_TOP5 if name == "w3" else np.load(bench / f"{name}_truth.npz")["eigenvalues"][::-1][:5]
         for k in (1, 5):
             runs = []
@@ -145,7 +129,7 @@ def bench_trace(bench: Path, seeds: int) -> None:
     print("| workload | method | mean abs rel. error | max | median time | time / 99 sequential HVPs | target |")
     print("|---|---|---|---|---|---|---|")
     for name, target in (("w1", 0.005), ("w2", 0.002)):
-        model, data = load_workload(bench, name)
+        model, data = load_workload(bench, name, DEVICE)
         exact = float(np.load(bench / f"{name}_truth.npz")["trace"])
         op = operator(model, data)
         v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(1)).to(DEVICE)
@@ -166,7 +150,7 @@ def bench_trace(bench: Path, seeds: int) -> None:
 
 def bench_density(bench: Path, repeats: int) -> None:
     print("\n## 4. Spectral density, 10 probes × 80 steps on W1 (float32)\n")
-    model, data = load_workload(bench, "w1")
+    model, data = load_workload(bench, "w1", DEVICE)
     truth = np.load(bench / "w1_truth.npz")["eigenvalues"]
     results = []
 
@@ -206,7 +190,7 @@ def bench_compile(bench: Path, repeats: int) -> None:
           "eager / compiled |")
     print("|---|---|---|---|---|---|")
     for name in ("w1", "w2", "w3"):
-        model, data = load_workload(bench, name)
+        model, data = load_workload(bench, name, DEVICE)
         reps = repeats * (4 if name != "w3" else 1)
         default = operator(model, data)
         eager = operator(model, data, product="forward")

@@ -40,13 +40,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from _common import W3_TOP5, fmt_time, load_workload
+from landscape import HessianOperator, lanczos, spectral_density, store, trace
+from landscape.devices import dtype_name
+from landscape.errors import OptionError
+
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench_engine's helpers, and landscape when run from a checkout
-from bench_engine import W3_TOP5, fmt_time, load_workload  # noqa: E402
-
-from landscape import HessianOperator, lanczos, spectral_density, store, trace  # noqa: E402
-from landscape.errors import OptionError  # noqa: E402
-
 OURS = "landscape"
 #: import name, distribution name and row label of each peer
 PEERS = {
@@ -133,7 +132,7 @@ class Case:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        return dtype_name(self.dtype)
 
     def operator(self) -> HessianOperator:
         return HessianOperator(self.model, self.workload.criterion, (self.X, self.y))

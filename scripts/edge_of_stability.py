@@ -30,54 +30,36 @@ could not be trained; a missed target is reported in the table, not as an error.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 if __name__ == "__main__" and "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch starts its thread pool; --threads can raise it
 
-import torch  # noqa: E402
-
+from _common import (  # noqa: E402
+    DIGITS_SIZES,
+    DIGITS_SUBSET,
+    TOLERANCE,
+    Experiment,
+    Recording,
+    limit_threads,
+    log,
+    train,
+    train_runs,
+)
 from landscape import store  # noqa: E402
-from landscape.errors import LandscapeError, LossError  # noqa: E402
 from landscape.report import format_table  # noqa: E402
-from landscape.tracking import TrackerSettings  # noqa: E402
 
-DIGITS_SIZES = (64, 128, 128, 10)
-DIGITS_SUBSET = 1000
-TOLERANCE = 0.05  # "within 5% of 2/η"
 PAST = 30.0  # "for η = 0.05 it keeps rising past 30"
 COMMAND = "scripts/edge_of_stability.py"
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One training run of the study and the target it is judged against."""
-
-    family: str  # "chebyshev" or "digits"
-    lr: float
-    steps: int
-    track_every: int
-    target: str  # "settle" (mean of the last 25% within 5% of 2/η, after rising) or "rise" (final λmax > PAST)
-    model: str = "chebyshev"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    data: str = "chebyshev"
-    subset: Optional[int] = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.family} η={self.lr:g}"
-
-    def filename(self, seed: int) -> str:
-        return f"{self.family}_lr{self.lr:g}_steps{self.steps}_every{self.track_every}_seed{seed}.h5"
+RECORDING = Recording(COMMAND)  # λmax only, no trace
 
 
 def experiments(quick: bool) -> list[Experiment]:
@@ -95,131 +77,6 @@ def experiments(quick: bool) -> list[Experiment]:
         Experiment("digits", 0.2, digits_steps, 50 if quick else 100, "settle", **digits_kwargs),
         Experiment("digits", 0.1, digits_steps, 50 if quick else 100, "settle", **digits_kwargs),
     ]
-
-
-# -- training ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Recording:
-    """What a script's runs record and how their files are labelled; a run file is complete only for the same one.
-
-    The defaults are this script's; scripts/sharpening_and_jacobian.py trains the same way with its own.
-    """
-
-    command: str = COMMAND  # the run file's "command" attr is f"{command} ({exp.name})"
-    tracker: TrackerSettings = TrackerSettings(trace_matvecs=0)  # λmax only, no trace
-    report_records: bool = False  # log the number of curvature records and their mean cost after training
-
-    def label(self, exp: Experiment) -> str:
-        return f"{self.command} ({exp.name})"
-
-
-RECORDING = Recording()
-
-
-def train_settings(exp: Experiment, seed: int, recording: Recording = RECORDING) -> Any:
-    """Full-batch gradient descent for ``exp`` with ``recording``'s tracker."""
-    from landscape.train import TrainSettings
-
-    return TrainSettings(optimizer="sgd", lr=exp.lr, steps=exp.steps, batch_size=None,
-                         track_every=exp.track_every, tracker=recording.tracker, seed=seed)
-
-
-def build_trainer(exp: Experiment, path: Path, seed: int, recording: Recording = RECORDING) -> Any:
-    """The Trainer for one run, built as ``landscape train`` builds it (so the run file is the same)."""
-    from landscape.checkpoints import build_model
-    from landscape.data import load_data
-    from landscape.losses import loss_name, resolve_loss
-    from landscape.train import Trainer
-
-    data = load_data(exp.data, split="train", subset=exp.subset, seed=seed)
-    loss = resolve_loss("squared", data.task)
-    torch.manual_seed(seed)
-    model = build_model(exp.model, exp.model_kwargs)
-    attrs = {"command": recording.label(exp), "experiment": exp.name,
-             "model_spec": exp.model, "model_kwargs": exp.model_kwargs, "data": data.spec,
-             "data_description": data.description, "loss_function": loss_name(loss),
-             "num_params": sum(p.numel() for p in model.parameters())}
-    return Trainer(model, loss, data.batches, None, train_settings(exp, seed, recording), output=path,
-                   model_spec=exp.model, model_kwargs=exp.model_kwargs, attrs=attrs)
-
-
-def expected_settings(exp: Experiment, seed: int, recording: Recording = RECORDING) -> dict[str, Any]:
-    """The settings a complete run file of ``exp`` stores (as read back from JSON)."""
-    return json.loads(json.dumps(train_settings(exp, seed, recording).as_attrs(), default=str))
-
-
-def is_complete(exp: Experiment, path: Path, seed: int, recording: Recording = RECORDING) -> tuple[bool, str]:
-    """Whether ``path`` holds a finished run of ``exp`` written with ``recording`` (all steps, or a recorded
-    divergence); else why not."""
-    if not path.exists():
-        return False, "no run file"
-    try:
-        record = store.read_run(path)
-    except LandscapeError as err:
-        return False, f"unreadable ({err})"
-    attrs = record.attrs
-    try:
-        settings = json.loads(attrs.get("settings") or "{}")
-    except json.JSONDecodeError:
-        return False, "settings not readable"
-    if settings != expected_settings(exp, seed, recording):
-        return False, "different settings"
-    if (attrs.get("experiment") != exp.name or attrs.get("command") != recording.label(exp)
-            or attrs.get("model_kwargs") != exp.model_kwargs):
-        return False, "a different experiment"
-    reason = str(attrs.get("stop_reason", ""))
-    if not reason:
-        return False, "unfinished (killed?)"
-    if attrs.get("final_step") != exp.steps and "diverged" not in reason:
-        return False, f"stopped early: {reason}"
-    return True, reason
-
-
-def remove_run(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    shutil.rmtree(path.with_name(f"{path.stem}_checkpoints"), ignore_errors=True)
-
-
-def log(text: str) -> None:
-    print(text, flush=True)
-
-
-def train_runs(runs: list[Experiment], paths: dict[str, Path], seed: int, force: bool,
-               train_one: Callable[..., None]) -> list[Experiment]:
-    """Train every run with ``train_one(exp, path, seed, force, log)``; returns the runs that failed (reported)."""
-    failed = []
-    for exp in runs:
-        try:
-            train_one(exp, paths[exp.name], seed, force, log)
-        except LandscapeError as err:
-            log(f"  {exp.name}: error: {err}")
-            failed.append(exp)
-    return failed
-
-
-def train(exp: Experiment, path: Path, seed: int, force: bool, log: Callable[[str], None],
-          recording: Recording = RECORDING) -> None:
-    """Train ``exp`` into ``path`` with ``recording`` unless a complete run is already there (or ``force``)."""
-    complete, why = is_complete(exp, path, seed, recording)
-    if complete and not force:
-        log(f"  {exp.name:18s} kept      {path}  ({why})")
-        return
-    if path.exists():
-        log(f"  {exp.name:18s} retrain   {path}  ({'--force' if complete else why})")
-        remove_run(path)
-    start = time.perf_counter()
-    trainer = build_trainer(exp, path, seed, recording)
-    try:
-        result = trainer.run(progress=False)
-        outcome = result.stop_reason
-    except LossError as err:  # the records up to the divergence are in the file; the table shows them
-        outcome = f"diverged: {err}"
-    records = ""
-    if recording.report_records:
-        seconds = store.read_run(path).tables["run/curvature"]["seconds"]
-        records = f", {len(seconds)} records at {1000 * float(np.mean(seconds)):.0f} ms each"
-    log(f"  {exp.name:18s} trained   {path}  {exp.steps} steps in {time.perf_counter() - start:.1f} s{records} "
-        f"({outcome})")
 
 
 # -- the table --------------------------------------------------------------------------------------------------
@@ -299,13 +156,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     from landscape.plot import plot_sharpening
 
-    torch.set_num_threads(max(1, args.threads))
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=max(1, args.threads))  # numpy's BLAS too (Lanczos calls eigh between products)
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        pass
+    limit_threads(args.threads)
     start = time.perf_counter()
     data_dir, out = Path(args.data_dir), Path(args.out)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +164,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     paths = {e.name: data_dir / e.filename(args.seed) for e in runs}
 
     log(f"training {len(runs)} runs ({'quick' if args.quick else 'full'}) into {data_dir}/")
-    failed = train_runs(runs, paths, args.seed, args.force, train)
+    failed = train_runs(runs, paths, args.seed, args.force, partial(train, recording=RECORDING))
 
     suffix = "_quick" if args.quick else ""
     titles = {"chebyshev": "eos_chebyshev", "digits": "eos_digits"}

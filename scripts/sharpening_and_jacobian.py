@@ -48,21 +48,19 @@ import numpy as np
 if __name__ == "__main__" and "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch starts its thread pool
 
-import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edge_of_stability import (  # noqa: E402
+from _common import (  # noqa: E402
     DIGITS_SIZES,
     DIGITS_SUBSET,
     TOLERANCE,
     Experiment,
     Recording,
+    limit_threads,
     log,
     train,
     train_runs,
 )
-
 from landscape import store  # noqa: E402
 from landscape.report import format_table  # noqa: E402
 from landscape.tracking import TrackerSettings  # noqa: E402
@@ -216,13 +214,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     from landscape.plot import plot_curvature
 
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=1)  # numpy's BLAS too (Lanczos calls eigh between products)
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        pass
+    limit_threads(1)
     start = time.perf_counter()
     data_dir, out = Path(args.data_dir), Path(args.out)
     data_dir.mkdir(parents=True, exist_ok=True)

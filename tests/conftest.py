@@ -1,14 +1,15 @@
-"""Shared fixtures: a small float64 MLP with data, dense Hessian references and matrices with a chosen spectrum."""
+"""Shared fixtures: a small float64 MLP with data, its dense Hessian and matrices with a chosen spectrum (the dense
+references themselves are in ``reference.py``)."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, hessian
+
+from reference import dense_hessian, spectrum_matrix
 
 
 def pytest_configure(config):
@@ -52,55 +53,6 @@ def make_data(seed: int = 1, n: int = 40, dtype: torch.dtype = torch.float64) ->
 
 def mean_ce(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(output, target)
-
-
-def dense_hessian(
-    model: nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    loss: Callable = mean_ce,
-    names: Optional[Sequence[str]] = None,
-) -> torch.Tensor:
-    """Dense Hessian of ``loss(model(X), y)`` w.r.t. the named parameters (all by default), flattened in
-    ``named_parameters`` order, computed independently of ``landscape`` with ``torch.func.hessian``.
-
-    The model runs in whatever mode it is in (call ``model.eval()`` first for BatchNorm / Dropout models).
-    """
-    named = dict(model.named_parameters())
-    names = list(named) if names is None else list(names)
-    shapes = [named[n].shape for n in names]
-    sizes = [s.numel() for s in shapes]
-    fixed = {k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers()) if k not in names}
-    flat0 = torch.cat([named[n].detach().reshape(-1) for n in names])
-
-    def f(flat: torch.Tensor) -> torch.Tensor:
-        state = dict(fixed)
-        for name, part, shape in zip(names, flat.split(sizes), shapes):
-            state[name] = part.view(shape)
-        return loss(functional_call(model, state, (X,)), y)
-
-    H = hessian(f)(flat0)
-    return H.detach()
-
-
-def spectrum_matrix(eigenvalues, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Q diag(eigenvalues) Qᵀ with Q a seeded random orthogonal matrix (QR of a Gaussian matrix, signs fixed)."""
-    lam = torch.as_tensor(np.asarray(eigenvalues, dtype=np.float64), dtype=torch.float64)
-    n = lam.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    G = torch.randn(n, n, generator=gen, dtype=torch.float64)
-    Q, R = torch.linalg.qr(G)
-    Q = Q * torch.sign(torch.diagonal(R))
-    A = (Q * lam) @ Q.T
-    A = 0.5 * (A + A.T)
-    return A.to(dtype)
-
-
-def random_symmetric(n: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """A dense random symmetric (Wigner-like) matrix."""
-    gen = torch.Generator().manual_seed(seed)
-    G = torch.randn(n, n, generator=gen, dtype=torch.float64)
-    return ((G + G.T) / 2).to(dtype)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from landscape.checkpoints import save_checkpoint
 from landscape.cli import main
 from landscape.models import mlp
 
-from conftest import dense_hessian
+from reference import dense_hessian
 
 SIZES = [64, 6, 10]
 

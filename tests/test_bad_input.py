@@ -95,7 +95,7 @@ def test_check_device_passes_what_exists_and_names_what_does():
 @pytest.mark.skipif(torch.cuda.device_count() > 3, reason="this machine has a cuda:3")
 def test_torchrun_rank_without_its_gpu_is_an_option_error(monkeypatch):
     """Under torchrun, --device cuda becomes cuda:LOCAL_RANK: a rank whose GPU does not exist is told so."""
-    from landscape.operators.distributed import init_from_env
+    from landscape.distributed import init_from_env
 
     monkeypatch.setenv("LOCAL_RANK", "3")
     with pytest.raises(OptionError, match="cuda:3"):

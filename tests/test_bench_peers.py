@@ -10,7 +10,6 @@ import contextlib
 import importlib
 import io
 import math
-import sys
 from pathlib import Path
 
 import h5py
@@ -19,15 +18,14 @@ import pytest
 import torch
 from torch import nn
 
+import bench_peers
 from ckpt_factories import tiny_net
-from conftest import dense_hessian
-from landscape import cli_plot, store
+from reference import dense_hessian
+from landscape import store
+from landscape.cli import plot as cli_plot
 from landscape.cli import main as landscape_main
 from landscape.errors import StoreError
 from landscape.plot.peers import load_peer_points, plot_peers
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-bench_peers = importlib.import_module("bench_peers")
 
 
 def _custom_args(folder: Path) -> list[str]:

@@ -8,12 +8,15 @@ import h5py
 import numpy as np
 import pytest
 
-from landscape import cli_compare, store
+from landscape import store
+from landscape.cli import compare as cli_compare
 from landscape.cli import main
-from landscape.compare import TABLE_HEADERS, flatness_rows, flatness_table, source_labels
+from landscape.compare import TABLE_HEADERS, flatness_table
 from landscape.errors import StoreError
 from landscape.plot import plot_compare
 from landscape.plot.style import COLUMN_WIDTH
+from landscape.results import source_labels
+from landscape.store import flatness_rows
 
 LRS = {"fast": 0.2, "slow": 0.05}
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from landscape import HessianOperator, OptionError
-from landscape.analysis import AnalysisSettings, curvature_operator
+from landscape.analysis import AnalysisSettings
+from landscape.operators.factory import curvature_operator
 from landscape.tracking import CurvatureTracker, TrackerSettings
 from conftest import make_mlp, mean_ce
 

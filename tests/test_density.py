@@ -9,7 +9,8 @@ import torch
 from landscape import DenseOperator, HessianOperator, OptionError, spectral_density
 from landscape.linalg.density import lanczos_tridiagonal
 from landscape.linalg.random import generator_for, probes
-from conftest import mean_ce, spectrum_matrix
+from conftest import mean_ce
+from reference import spectrum_matrix
 
 
 def unit_probes(op, num_probes, seed, distribution="rademacher"):

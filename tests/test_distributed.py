@@ -65,8 +65,8 @@ def metrics(op) -> dict[str, np.ndarray]:
 def worker(out: Path) -> None:
     """One rank of the torchrun job: the distributed operators' metrics, written to ``out/rank{r}.npz``."""
     from landscape.operators import HessianOperator
-    from landscape.operators.distributed import (DistributedOperator, distributed_curvature_operator,
-                                                 distributed_gradient, shard_data)
+    from landscape.operators.distributed import DistributedOperator, distributed_gradient, shard_data
+    from landscape.operators.factory import distributed_curvature_operator
 
     torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank()
@@ -77,7 +77,7 @@ def worker(out: Path) -> None:
     # A list of uneven batches, sharded by samples, through the wrapper directly, with the GGN.
     X, y = data
     batches = [(X[:40], y[:40]), (X[40:47], y[40:47]), (X[47:], y[47:])]
-    from landscape.analysis import curvature_operator
+    from landscape.operators.factory import curvature_operator
 
     ggn = DistributedOperator(curvature_operator("ggn", model, loss, shard_data(batches), dtype=torch.float64))
     v = torch.linspace(-1, 1, ggn.shape[0], dtype=torch.float64)
@@ -158,7 +158,7 @@ def test_operator_needs_a_process_group():
 
 @needs_gloo
 def test_two_ranks_match_one_process_and_each_other(tmp_path):
-    from landscape.analysis import curvature_operator
+    from landscape.operators.factory import curvature_operator
 
     launch([Path(__file__).resolve(), tmp_path], tmp_path)
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
@@ -251,18 +251,17 @@ def test_train_under_torchrun_matches_one_process_and_resumes(tmp_path, capsys):
 
 
 def test_data_parallel_refuses_what_it_cannot_split():
+    from landscape.distributed import Runtime
     from landscape.errors import OptionError
     from landscape.models import mlp
-    from landscape.parallel import DataParallel
     from landscape.train import Trainer, TrainSettings
 
-    parallel = DataParallel(mlp(SIZES))
-    parallel.world_size = 4
+    runtime = Runtime(rank=0, world_size=4)  # no process group is needed to refuse
     with pytest.raises(OptionError, match="--batch-size of at least 4"):
-        parallel.local_part((torch.zeros(3, 64), torch.zeros(3)))
+        runtime.split_batch((torch.zeros(3, 64), torch.zeros(3)), mlp(SIZES))
     with pytest.raises(OptionError, match="--optimizer sa"):
         Trainer(mlp(SIZES), torch.nn.functional.cross_entropy, (torch.zeros(4, 64), torch.zeros(4).long()), None,
-                TrainSettings(optimizer="sa"), output="unused.h5", distributed=True)
+                TrainSettings(optimizer="sa"), output="unused.h5", runtime=runtime)
 
 
 if __name__ == "__main__":  # a rank of the torchrun job started by the tests above

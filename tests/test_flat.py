@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_data, make_mlp
+from reference import per_sample_gradients
 from torch import nn
 from torch.func import grad, hessian, jacrev
 
@@ -193,15 +194,6 @@ def test_above_threshold_sa_is_exactly_gd_and_below_v_is_orthogonal_to_g():
     assert v.norm() > 1e-3 and abs(v @ g) < 1e-15 * v.norm() * g.norm() * 10
 
 
-def loop_sample_gradients(model, loss, X, y):
-    """(N, n): the gradient of each sample's loss, one torch.autograd.grad call per sample."""
-    rows = []
-    for i in range(X.shape[0]):
-        value = loss(model(X[i:i + 1]), y[i:i + 1])
-        rows.append(torch.cat([x.reshape(-1) for x in torch.autograd.grad(value, list(model.parameters()))]))
-    return torch.stack(rows)
-
-
 def bn_mlp() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
@@ -214,7 +206,7 @@ def test_sa_per_sample_gradients_and_v_match_a_python_loop(make_model):
     model = make_model()
     X, y = make_data(n=12)
     rho = 0.05
-    reference = loop_sample_gradients(model, F.cross_entropy, X, y)
+    reference = per_sample_gradients(model, X, y, F.cross_entropy)
     opt = SharpnessAwarePerturbation(model.parameters(), lr=0.0, perturbation_lr=1.0, rho=rho, grad_threshold=1e3,
                                      model=model, per_sample_loss=F.cross_entropy, seed=4)
     per_sample, losses = opt.per_sample_gradients(X, y)
@@ -230,7 +222,7 @@ def test_sa_per_sample_gradients_and_v_match_a_python_loop(make_model):
     for i in range(X.shape[0]):
         for sign in (1.0, -1.0):
             set_flat(model, theta0 + sign * rho * reference[i] / reference[i].norm())
-            g_i = loop_sample_gradients(model, F.cross_entropy, X[i:i + 1], y[i:i + 1])[0]
+            g_i = per_sample_gradients(model, X[i:i + 1], y[i:i + 1], F.cross_entropy)[0]
             candidates.append(g_i - (g_i @ g_hat) * g_hat)
     assert min(float((v - c).abs().max()) for c in candidates) < 1e-12
 

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, hessian, jacrev
 
 import landscape
 from landscape import DataError, HessianOperator, LossError, ModelLoss, OptionError
 from landscape.losses import squared_loss
 from landscape.operators.ggn import FisherOperator, GGNOperator
-from conftest import make_data, make_mlp, mean_ce
+from conftest import make_data, make_mlp
+from reference import dense_ggn, per_sample_gradients
 
 I75 = torch.eye(75, dtype=torch.float64)  # the MLP of conftest has 75 parameters
 
@@ -29,44 +27,8 @@ def randn(n: int, *shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, n, generator=gen, dtype=torch.float64)
 
 
-def as_function(model: nn.Module, X: torch.Tensor, names: Optional[Sequence[str]] = None):
-    """``flat ↦ model(X)`` over the named parameters (all by default) and the flat starting point."""
-    named = dict(model.named_parameters())
-    names = list(named) if names is None else list(names)
-    shapes = [named[n].shape for n in names]
-    fixed = {k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers()) if k not in names}
-
-    def f(flat: torch.Tensor) -> torch.Tensor:
-        state = dict(fixed)
-        state.update({n: t.view(s) for n, t, s in zip(names, flat.split([s.numel() for s in shapes]), shapes)})
-        return functional_call(model, state, (X,))
-
-    return f, torch.cat([named[n].detach().reshape(-1) for n in names])
-
-
-def dense_ggn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: Callable = mean_ce,
-              names: Optional[Sequence[str]] = None) -> torch.Tensor:
-    """Jᵀ H_out J with J = jacrev of the outputs and H_out = torch.func.hessian of the loss in the outputs."""
-    f, flat0 = as_function(model, X, names)
-    J = jacrev(f)(flat0).reshape(-1, flat0.numel())
-    out = f(flat0).detach()
-    H = hessian(lambda a: loss(a, y))(out).reshape(out.numel(), out.numel())
-    return J.T @ H @ J
-
-
 def dense_of(op) -> torch.Tensor:
     return op.matmat(torch.eye(op.shape[0], dtype=op.dtype))
-
-
-def per_sample_gradients(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: Callable) -> torch.Tensor:
-    """(N, n): the gradient of each sample's own loss ``loss(model(x_i[None]), y_i[None])``, one autograd call each."""
-    rows = []
-    for i in range(X.shape[0]):
-        model.zero_grad(set_to_none=True)
-        loss(model(X[i:i + 1]), y[i:i + 1]).backward()
-        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-    model.zero_grad(set_to_none=True)
-    return torch.stack(rows)
 
 
 def float_targets(n: int = 40, seed: int = 2) -> torch.Tensor:

@@ -12,7 +12,8 @@ from torch import nn
 
 import landscape
 from landscape import DataError, HessianOperator, LossError, OptionError, ParameterError
-from conftest import dense_hessian, make_data, make_mlp, mean_ce
+from conftest import make_data, make_mlp, mean_ce
+from reference import dense_hessian
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,20 +7,8 @@ import pytest
 import torch
 
 from landscape import DenseOperator, HessianOperator, OptionError, lanczos, power_iteration
-from conftest import dense_hessian, make_data, mean_ce, random_symmetric, spectrum_matrix
-
-
-def dense_pairs(A: torch.Tensor, which: str, k: int) -> tuple[np.ndarray, torch.Tensor]:
-    """Reference eigenpairs in the order lanczos reports them."""
-    evals, evecs = torch.linalg.eigh(A)
-    order = torch.arange(A.shape[0])
-    if which == "largest":
-        idx = order.flip(0)[:k]
-    elif which == "smallest":
-        idx = order[:k]
-    else:  # ⌈k/2⌉ from the top (descending), then ⌊k/2⌋ from the bottom, the smallest last
-        idx = torch.cat([order.flip(0)[: (k + 1) // 2], order[: k // 2].flip(0)])
-    return evals[idx].numpy(), evecs[:, idx].T
+from conftest import make_data, mean_ce
+from reference import dense_hessian, dense_pairs, random_symmetric, spectrum_matrix, true_residuals
 
 
 def assert_pairs_match(result, A, which, k, value_rtol=1e-8, vector_tol=1e-6):
@@ -32,11 +20,6 @@ def assert_pairs_match(result, A, which, k, value_rtol=1e-8, vector_tol=1e-6):
     assert torch.all(overlaps > 1 - vector_tol), overlaps
     assert torch.allclose(result.vectors.norm(dim=1), torch.ones(k, dtype=A.dtype), atol=1e-10)
     assert result.converged.all()
-
-
-def true_residuals(A, result) -> np.ndarray:
-    V = result.vectors
-    return ((V @ A.T) - torch.as_tensor(result.values)[:, None] * V).norm(dim=1).numpy()
 
 
 # 200×200 test matrices: a Wigner matrix (semicircle spectrum, small gaps at the edges) and a chosen spectrum

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import dense_hessian, make_data
+from conftest import make_data
+from reference import dense_hessian
 from landscape import HessianOperator, LossError, OptionError
 from landscape.losses import squared_loss
 from landscape.operators import layerwise

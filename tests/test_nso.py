@@ -8,7 +8,8 @@ import copy
 import pytest
 import torch
 
-from conftest import make_data, make_mlp, mean_ce, mlp_closure, random_symmetric
+from conftest import make_data, make_mlp, mean_ce, mlp_closure
+from reference import random_symmetric
 from landscape.data import digits
 from landscape.errors import OptionError
 from landscape.models import mlp

@@ -11,7 +11,8 @@ import matplotlib.colors as mcolors
 import numpy as np
 import pytest
 
-from landscape import cli_plot, store
+from landscape import store
+from landscape.cli import plot as cli_plot
 from landscape.cli import main
 from landscape.errors import OptionError, StoreError
 from landscape.plot import plot_sam, plot_spectrum

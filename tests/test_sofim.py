@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import make_data, make_mlp, mean_ce, mlp_closure
+from reference import dense_direction, momentum_hat
 from landscape.data import digits
 from landscape.errors import OptionError
 from landscape.models import mlp
@@ -27,19 +28,6 @@ def make_params(seed: int = 0, shapes=((3, 4), (5,))) -> list[torch.nn.Parameter
 def random_grads(params, gen: torch.Generator, scale: float) -> None:
     for p in params:
         p.grad = scale * torch.randn(p.shape, generator=gen, dtype=p.dtype)
-
-
-def momentum_hat(grads: list[torch.Tensor], beta: float) -> torch.Tensor:
-    """m̂ = (1 − β) Σ_s β^(t−s) g_s / (1 − βᵗ), summed from the gradient history."""
-    t = len(grads)
-    return sum((1 - beta) * beta ** (t - s) * g for s, g in enumerate(grads, start=1)) / (1 - beta**t)
-
-
-def dense_direction(grads: list[torch.Tensor], beta: float, rho: float) -> torch.Tensor:
-    """Solve (m̂m̂ᵀ + ρI) d = m̂ densely."""
-    m_hat = momentum_hat(grads, beta)
-    F = torch.outer(m_hat, m_hat) + rho * torch.eye(m_hat.numel(), dtype=m_hat.dtype)
-    return torch.linalg.solve(F, m_hat)
 
 
 @pytest.mark.parametrize("beta,rho,scale", [(0.9, 1.0, 0.7), (0.5, 0.05, 0.3), (0.0, 2.0, 1.5)])

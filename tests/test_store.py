@@ -15,7 +15,7 @@ from landscape import store
 from landscape.errors import StoreError
 from landscape.report import describe, results_table
 
-from conftest import random_symmetric
+from reference import random_symmetric
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from landscape import store
 from landscape.checkpoints import save_checkpoint
 from landscape.cli import main
 from landscape.errors import CheckpointError, StoreError
-from landscape.linalg.results import TraceResult
 from landscape.models import mlp
+from landscape.results import TraceResult
 
 FORK = multiprocessing.get_context("fork")  # the children only write HDF5 files: no torch thread pools involved
 SIZES = [64, 6, 10]

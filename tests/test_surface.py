@@ -13,15 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import vector_to_parameters
 
-from conftest import dense_hessian, make_data, make_mlp, mean_ce
-from landscape import cli_surface, store
+from conftest import make_data, make_mlp, mean_ce
+from reference import dense_hessian
+from landscape import store
+from landscape.cli import surface as cli_surface
 from landscape.cli import join_grid_values
 from landscape.checkpoints import save_checkpoint
 from landscape.errors import OptionError, StoreError
 from landscape.losses import loss_name
 from landscape.plot import plot_surface
+from landscape.results import SurfaceResult
 from landscape.surface import (
-    SurfaceResult,
     checkpoint_line,
     checkpoint_plane,
     eigen_directions,
@@ -207,7 +209,9 @@ def test_cli_writes_the_grid_and_resume_completes_a_killed_run(checkpoints, surf
 
     killed = folder / "killed.h5"
     argv = ["surface", paths[0], *COMMON, "--grid", "-1:1:5", "--grid-y", "-1:1:4", "-o", str(killed)]
-    real = cli_surface.evaluate_surface
+    import landscape.surface  # the job's module: run_surface calls evaluate_surface there
+
+    real = landscape.surface.evaluate_surface
 
     def killed_after_two_rows(*args, on_row, **kwargs):
         def row(result):
@@ -216,7 +220,7 @@ def test_cli_writes_the_grid_and_resume_completes_a_killed_run(checkpoints, surf
                 raise KeyboardInterrupt
         return real(*args, on_row=row, **kwargs)
 
-    monkeypatch.setattr(cli_surface, "evaluate_surface", killed_after_two_rows)
+    monkeypatch.setattr(landscape.surface, "evaluate_surface", killed_after_two_rows)
     with pytest.raises(KeyboardInterrupt):
         _cli(argv)
     monkeypatch.undo()

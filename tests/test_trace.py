@@ -16,7 +16,8 @@ from landscape import (
     krylov_hutchinson,
     trace,
 )
-from conftest import mean_ce, random_symmetric, spectrum_matrix
+from conftest import mean_ce
+from reference import random_symmetric, spectrum_matrix
 
 ESTIMATORS = {"hutchinson": hutchinson, "hutch++": hutchpp, "krylov": krylov_hutchinson}
 

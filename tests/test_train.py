@@ -19,6 +19,7 @@ from landscape.checkpoints import load_checkpoint, load_training_state
 from landscape.cli import main
 from landscape.data import digits
 from landscape.operators import HessianOperator
+from landscape.results import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["train", "--model", "mlp", "--model-kwargs", '{"sizes": [64, 12, 10]}', "--data", "digits", "--subset", "300",
@@ -32,7 +33,7 @@ def environment() -> dict[str, str]:
     return env
 
 
-def comparable(run: store.RunRecord) -> dict[str, np.ndarray]:
+def comparable(run: RunRecord) -> dict[str, np.ndarray]:
     """Every recorded column except wall times, which differ between runs by nature."""
     return {f"{table}/{column}": values for table, columns in run.tables.items()
             for column, values in columns.items() if column != "seconds"}

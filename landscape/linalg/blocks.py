@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from landscape.operators.base import LinearOperator
+from landscape.linalg.operator import LinearOperator
 
 BLOCK_ELEMENTS = 2**26  # default cap on the entries of one block passed to matmat (256 MiB in float32)
 

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from landscape.errors import OptionError
+from landscape.linalg.operator import LinearOperator
 from landscape.linalg.random import Seed, generator_for, probes, seed_value
-from landscape.linalg.results import DensityResult
-from landscape.operators.base import LinearOperator
 from landscape.progress import progress_bar
+from landscape.results import DensityResult
 
 
 def lanczos_tridiagonal(

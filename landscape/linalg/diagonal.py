@@ -10,9 +10,9 @@ import torch
 
 from landscape.errors import OptionError
 from landscape.linalg.blocks import default_block_size
+from landscape.linalg.operator import LinearOperator
 from landscape.linalg.random import Seed, generator_for, probes, seed_value
-from landscape.linalg.results import DiagonalResult
-from landscape.operators.base import LinearOperator
+from landscape.results import DiagonalResult
 
 
 def diagonal(

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from landscape.errors import OptionError
+from landscape.linalg.operator import LinearOperator
 from landscape.linalg.random import Seed, generator_for, seed_value
-from landscape.linalg.results import EigenResult
-from landscape.operators.base import LinearOperator
 from landscape.progress import progress_bar
+from landscape.results import EigenResult
 
 WHICH = ("largest", "smallest", "both")
 

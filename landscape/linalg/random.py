@@ -7,19 +7,19 @@ from typing import Optional, Union
 import torch
 
 from landscape.errors import OptionError
-from landscape.operators.base import LinearOperator
+from landscape.linalg.operator import LinearOperator
 
 Seed = Union[None, int, torch.Generator]
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
-def generator_for(op: LinearOperator, seed: Seed) -> torch.Generator:
-    """A generator on the operator's device: ``seed`` may be an int, an existing generator, or None (seed 0)."""
+def generator_for(where: Union[LinearOperator, torch.device, str], seed: Seed) -> torch.Generator:
+    """A generator on the device of ``where`` (an operator, or a device itself): ``seed`` may be an int, an existing
+    generator (used as it is), or None (seed 0)."""
     if isinstance(seed, torch.Generator):
         return seed
-    gen = torch.Generator(device=op.device)
-    gen.manual_seed(0 if seed is None else int(seed))
-    return gen
+    device = where.device if isinstance(where, LinearOperator) else torch.device(where)
+    return torch.Generator(device=device).manual_seed(0 if seed is None else int(seed))
 
 
 def seed_value(seed: Seed) -> Optional[int]:

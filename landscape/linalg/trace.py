@@ -10,10 +10,10 @@ import torch
 
 from landscape.errors import OptionError
 from landscape.linalg.blocks import apply_in_blocks, orthonormal_rows, project_out
+from landscape.linalg.operator import LinearOperator
 from landscape.linalg.random import Seed, generator_for, probes, seed_value
-from landscape.linalg.results import TraceResult
-from landscape.operators.base import LinearOperator
 from landscape.progress import progress_bar
+from landscape.results import TraceResult
 
 METHODS = ("krylov", "hutch++", "hutchinson")
 

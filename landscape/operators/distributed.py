@@ -13,8 +13,9 @@ rank. Nothing else is communicated, and no rank needs to broadcast its results: 
 
 The code is backend-neutral: tensors stay on the wrapped operator's device, so the gloo backend serves CPU tensors
 and NCCL CUDA tensors (one GPU per rank, ``cuda:LOCAL_RANK``). Launch with ``torchrun``, e.g.
-``torchrun --nproc-per-node 2 -m landscape analyze ...``; :func:`init_from_env` starts the process group from the
-variables torchrun sets.
+``torchrun --nproc-per-node 2 -m landscape analyze ...``; :func:`landscape.distributed.init_from_env` starts the
+process group from the variables torchrun sets, and :func:`landscape.operators.factory.distributed_curvature_operator`
+builds the wrapped operator of a rank's shard.
 
 Notes: every rank must apply the operator the same number of times (collective calls must match), which the shared
 seed guarantees. A rank whose product fails (a non-finite loss on its shard) still takes part in that product's
@@ -24,15 +25,14 @@ labels per rank from the shared seed, so it is a different (equally valid) draw 
 
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import torch
 
-from landscape.devices import check_device
 from landscape.errors import DataError, LossError, OptionError
-from landscape.operators.base import LinearOperator
+from landscape.linalg.operator import LinearOperator
 from landscape.operators.batches import batch_size, checked_batches, is_single_batch
+from landscape.operators.model import ModelOperator
 
 
 # -- the process group ---------------------------------------------------------------------------------------------
@@ -47,61 +47,6 @@ def rank_and_size(group: Any = None) -> tuple[int, int]:
     if not is_initialized():
         return 0, 1
     return torch.distributed.get_rank(group), torch.distributed.get_world_size(group)
-
-
-def is_writer(group: Any = None) -> bool:
-    """True on the rank that writes files and prints (rank 0), and in a single-process run."""
-    return rank_and_size(group)[0] == 0
-
-
-def launched_by_torchrun() -> bool:
-    """True when the environment (``WORLD_SIZE`` > 1, as torchrun sets it) asks for several processes."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
-        return False
-
-
-def init_from_env(device: Optional[str] = None) -> Optional[str]:
-    """Initialise the default process group from torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, ...).
-
-    The backend is NCCL for a CUDA ``device`` and gloo otherwise. A CUDA device without an index becomes
-    ``cuda:LOCAL_RANK`` (one GPU per rank); returns the device each rank should use.
-    """
-    if not torch.distributed.is_available():
-        raise OptionError("several processes were launched (WORLD_SIZE > 1) but torch.distributed is not available")
-    cuda = device is not None and torch.device(device).type == "cuda"
-    if cuda:
-        dev = torch.device(device)
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        check_device(str(dev))  # one GPU per rank: cuda:LOCAL_RANK must exist too
-        torch.cuda.set_device(dev)
-        device = str(dev)
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return device
-
-
-def run_launched(work: Callable[[Optional[str], bool], int], device: Optional[str]) -> int:
-    """``work(device, distributed)``: in this process, or, launched by torchrun (``WORLD_SIZE`` > 1), inside one
-    process group for the whole command (the device becomes each rank's own, see :func:`init_from_env`)."""
-    if not launched_by_torchrun():
-        return work(device, False)
-    rank_device = init_from_env(device)
-    try:
-        return work(rank_device, True)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def broadcast_object(value: Any, *, src: int = 0, group: Any = None) -> Any:
-    """``value`` as rank ``src`` holds it, on every rank (a no-op without a process group)."""
-    if not is_initialized():
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=src, group=group)
-    return box[0]
 
 
 # -- sharding the data ---------------------------------------------------------------------------------------------
@@ -199,7 +144,7 @@ def local_num_samples(data: Any) -> int:
 class DistributedOperator(LinearOperator):
     """The mean over every rank's samples of a per-rank curvature operator, one all-reduce per product.
 
-    ``op`` is a :class:`~landscape.operators.hessian.ModelOperator` (or any operator with ``data`` and a mean
+    ``op`` is a :class:`~landscape.operators.model.ModelOperator` (or any operator with ``data`` and a mean
     over it) built on this rank's shard. Each ``matvec``/``matmat`` computes ``op``'s product times the rank's
     sample count, all-reduces (SUM) the (k, n) block over ``group`` and divides by the global count, so the
     operator equals the single-process one on all the data. Shape, dtype and device are ``op``'s; ``num_matvecs``
@@ -251,8 +196,6 @@ class DistributedOperator(LinearOperator):
 
     def check_deterministic(self, *, seed: int = 0, rtol: Optional[float] = None) -> float:
         """As :meth:`ModelOperator.check_deterministic`, on the reduced products (collective: call on every rank)."""
-        from landscape.operators.hessian import ModelOperator
-
         return ModelOperator.check_deterministic(self, seed=seed, rtol=rtol)  # type: ignore[arg-type]
 
 
@@ -261,28 +204,3 @@ def distributed_gradient(op: LinearOperator, *, group: Any = None) -> torch.Tens
     if isinstance(op, DistributedOperator):
         return op.gradient()
     return DistributedOperator(op, group=group).gradient()
-
-
-def distributed_curvature_operator(kind: str, model: Any, loss: Any, data: Any, *, group: Any = None,
-                                   sharded: bool = False, params: Optional[Sequence[str]] = None,
-                                   dtype: Optional[torch.dtype] = None, device: Optional[str] = None,
-                                   seed: int = 0, compile: bool = False) -> DistributedOperator:
-    """:func:`landscape.analysis.curvature_operator` of this rank's shard of ``data``, wrapped in a
-    :class:`DistributedOperator`. ``data`` is the whole data set (the same on every rank) unless ``sharded``."""
-    from landscape.analysis import curvature_operator
-
-    local = data if sharded else shard_data(data, group=group)
-    op = curvature_operator(kind, model, loss, local, params=params, dtype=dtype, device=device, seed=seed,
-                            compile=compile)
-    return DistributedOperator(op, group=group)
-
-
-def reduce_fit(loss_value: float, accuracy: Optional[float], num_samples: int, *, group: Any = None,
-               device: Any = "cpu") -> tuple[float, Optional[float]]:
-    """The global mean loss and accuracy from every rank's local ones (weighted by their sample counts)."""
-    acc = float("nan") if accuracy is None else accuracy
-    sums = torch.tensor([loss_value * num_samples, acc * num_samples, float(num_samples)], dtype=torch.float64,
-                        device=device)
-    torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM, group=group)
-    total_loss, total_acc, count = sums.tolist()
-    return total_loss / count, (None if accuracy is None else total_acc / count)

@@ -35,7 +35,7 @@ from torch.func import jvp, vjp, vmap
 from landscape.errors import DataError, OptionError
 from landscape.operators import layerwise
 from landscape.operators.functional import ModelLoss, call_with, is_scripted
-from landscape.operators.hessian import LossFn, ModelOperator
+from landscape.operators.model import LossFn, ModelOperator
 from landscape.operators.params import ParamFilter
 
 PRODUCTS = ("auto", "reverse", "forward")

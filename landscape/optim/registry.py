@@ -86,7 +86,8 @@ def training_step(optimizer: torch.optim.Optimizer, model: nn.Module, loss: Loss
 
     Every gradient of a multi-pass step sees the same mini-batch; SAM's second pass leaves BatchNorm running
     statistics as the first pass set them. ``reduce`` runs after every backward pass and returns the loss to report
-    (data-parallel training: :meth:`landscape.parallel.DataParallel.reduce` averages gradients across processes).
+    (data-parallel training: the reduction of :meth:`landscape.distributed.Runtime.split_batch` averages gradients
+    across processes).
     """
     inputs, targets = batch
     before = optimizer.num_grad_evals if isinstance(optimizer, FlatnessOptimizer) else 0

@@ -1,6 +1,6 @@
 """Flatness of several checkpoints or runs side by side, drawn from results and run files.
 
-:func:`plot_compare` reads the rows of :func:`landscape.compare.flatness_rows` (never recomputing anything) and draws
+:func:`plot_compare` reads the rows of :func:`landscape.store.flatness_rows` (never recomputing anything) and draws
 a row of bar panels sharing one vertical axis of checkpoints and runs: the sharpness λmax, the trace per parameter
 with its standard error, the largest input-output Jacobian spectral norm over the training samples, and the test
 accuracy. A panel is left out when no row has its measure; a row without it reads "n/a" in that panel. Bars of the
@@ -11,19 +11,18 @@ row, on the vertical axis itself.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from landscape.compare import RUN_NAME, FlatnessRow, flatness_rows, source_labels
 from landscape.errors import StoreError
+from landscape.files import PathLike
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
-
-PathLike = Union[str, os.PathLike]
+from landscape.results import RUN_NAME, FlatnessRow, source_labels
+from landscape.store import flatness_rows
 
 __all__ = ["plot_compare", "plot_flatness", "PANELS"]
 

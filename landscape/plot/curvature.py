@@ -28,6 +28,7 @@ from matplotlib.ticker import FuncFormatter
 
 from landscape import store
 from landscape.errors import OptionError, StoreError
+from landscape.files import PathLike
 from landscape.plot.sharpening import (
     _default_labels,
     _number,
@@ -37,8 +38,6 @@ from landscape.plot.sharpening import (
     stability_threshold,
 )
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
-
-PathLike = Union[str, os.PathLike]
 
 __all__ = ["CurvatureRun", "load_curvature_run", "plot_curvature"]
 

@@ -22,9 +22,8 @@ from matplotlib.lines import Line2D
 
 from landscape import store
 from landscape.errors import OptionError, StoreError
+from landscape.files import PathLike
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
-
-PathLike = Union[str, os.PathLike]
 
 __all__ = ["PeerPoint", "load_peer_points", "plot_peers"]
 

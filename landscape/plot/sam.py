@@ -25,10 +25,9 @@ from matplotlib.ticker import FuncFormatter
 
 from landscape import store
 from landscape.errors import OptionError, StoreError
+from landscape.files import PathLike
 from landscape.plot.sharpening import LAMBDA_LABEL, _number, _step_formatter
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
-
-PathLike = Union[str, os.PathLike]
 
 __all__ = ["SamRun", "load_sam_run", "plot_sam", "projection_pieces"]
 

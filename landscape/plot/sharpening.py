@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -20,9 +20,8 @@ from matplotlib.ticker import FuncFormatter
 
 from landscape import store
 from landscape.errors import OptionError, StoreError
+from landscape.files import PathLike
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
-
-PathLike = Union[str, os.PathLike]
 
 __all__ = ["SharpeningRun", "load_sharpening_run", "plot_sharpening", "stability_threshold"]
 

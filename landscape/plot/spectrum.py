@@ -10,10 +10,9 @@ drawable.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -21,10 +20,9 @@ from matplotlib.lines import Line2D
 
 from landscape import store
 from landscape.errors import OptionError, StoreError
-from landscape.linalg.results import DensityResult, EigenResult
+from landscape.files import PathLike
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
-
-PathLike = Union[str, os.PathLike]
+from landscape.results import DensityResult, EigenResult
 
 __all__ = ["SpectrumCheckpoint", "load_spectra", "plot_spectrum"]
 

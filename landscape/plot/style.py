@@ -11,17 +11,15 @@ through ``pyplot``, so no GUI backend is ever chosen and no global figure state 
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional
 
 import matplotlib
 from cycler import cycler
 from matplotlib.figure import Figure
 
 from landscape.errors import StoreError
-
-PathLike = Union[str, os.PathLike]
+from landscape.files import PathLike
 
 #: A single paper column, in inches; a two-column (full text) width is about 7 in.
 COLUMN_WIDTH = 3.4

@@ -1,6 +1,6 @@
 """Loss surfaces drawn from the HDF5 files written by ``landscape surface`` (never recomputed).
 
-:func:`plot_surface` draws a stored :class:`~landscape.surface.SurfaceResult`:
+:func:`plot_surface` draws a stored :class:`~landscape.results.SurfaceResult`:
 
 - a 1-D surface (a random or eigenvector direction, or the line through two checkpoints) as the loss against the
   coordinate, with the accuracy on a twin axis and the checkpoints marked;
@@ -12,9 +12,8 @@ Cells not computed yet (NaN) are left blank, so a partial grid can be looked at 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
@@ -23,10 +22,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 
 from landscape import store
 from landscape.errors import OptionError, StoreError
+from landscape.files import PathLike
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
-from landscape.surface import SurfaceResult
-
-PathLike = Union[str, os.PathLike]
+from landscape.results import SurfaceResult
 
 __all__ = ["VIEWS", "axis_labels", "load_surface", "plot_surface"]
 

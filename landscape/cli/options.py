@@ -1,11 +1,19 @@
-"""The options every command that loads checkpoints shares: the model, the data and the loss."""
+"""The options several commands share: the model, the data and the loss of the commands that load checkpoints,
+--dtype and --device, grid values that start with a minus, and the command line recorded in the files written."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional
+import re
+import shlex
+from typing import Any, Optional, Sequence
+
+import torch
 
 from landscape.data import LoadedData
+
+#: the precisions --dtype offers
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def add_input_arguments(p: argparse.ArgumentParser, *, exact: str) -> None:
@@ -43,3 +51,30 @@ def load_inputs(args: argparse.Namespace) -> tuple[Optional[dict], LoadedData, A
     model_kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else None
     data = load_data(args.data, split=args.split, batch_size=args.batch_size, subset=args.subset, seed=args.seed)
     return model_kwargs, data, resolve_loss(args.loss, data.task)
+
+
+def add_precision_arguments(p: argparse.ArgumentParser, *, dtype_help: str = "precision") -> None:
+    """--dtype (a key of :data:`DTYPES`, default float32; ``dtype_help`` says what it sets) and --device (checked by
+    :func:`landscape.cli.main` before any work)."""
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help=f"{dtype_help} (default: float32)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+
+
+GRID_VALUE = re.compile(r"^-\.?\d[^\s]*:")  # a grid value that starts with a minus, e.g. -1:1:51
+
+
+def join_grid_values(argv: Sequence[str]) -> list[str]:
+    """``--grid -1:1:51`` as ``--grid=-1:1:51``: argparse would read a value starting with "-" as an option."""
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1] in ("--grid", "--grid-y") and GRID_VALUE.match(token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command as a shell would take it back, e.g. ``landscape analyze 'my model.pt' --data digits``: what the
+    files a command writes record as their ``command``."""
+    return " ".join(shlex.quote(a) for a in ["landscape", *argv])

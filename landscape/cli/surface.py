@@ -1,30 +1,17 @@
-"""`landscape surface`: argument parsing for loss surfaces (the work is in :mod:`landscape.surface`)."""
+"""`landscape surface`: argument parsing for loss surfaces (the work is :func:`landscape.surface.run_surface`)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import shlex
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from landscape import store
-from landscape.cli_inputs import add_input_arguments, load_inputs
-from landscape.cli_train import DTYPES
-from landscape.errors import CheckpointError, OptionError, StoreError
-from landscape.surface import (
-    check_grid_size,
-    checkpoint_line,
-    checkpoint_plane,
-    eigen_directions,
-    evaluate_surface,
-    flat_parameters,
-    parse_grid,
-    random_direction,
-)
+from landscape.cli.options import DTYPES, add_input_arguments, add_precision_arguments, command_line, load_inputs
+from landscape.errors import OptionError
+from landscape.surface import check_grid_size, parse_grid, run_surface
 
 #: how many checkpoints each kind of direction takes
 CHECKPOINTS_NEEDED = {"random": 1, "eigen": 1, "line": 2, "plane": 3}
@@ -49,6 +36,7 @@ after every row, each write atomic. Draw it with landscape.plot.plot_surface."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """`landscape surface`: every option, with its default, in --help; the kinds of directions below."""
     p = sub.add_parser(
         "surface",
         help="loss and accuracy on a line or plane through parameter space (random, eigenvector or checkpoint "
@@ -74,8 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid-y", metavar="START:STOP:NUM", help="points along direction 2 (default: as --grid)")
     p.add_argument("--dims", type=int, choices=(1, 2), help="1 (a curve) or 2 (a surface) (default: 1 for line, 2 "
                    "otherwise)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="precision (default: float32)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    add_precision_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions, the Lanczos start and "
                    "--subset (default: 0)")
     p.add_argument("-o", "--output", default="surface.h5", metavar="FILE", help="HDF5 results file; created, or "
@@ -100,6 +87,7 @@ def _dims(args: argparse.Namespace) -> int:
 
 
 def _grids(args: argparse.Namespace, dims: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The x grid and, for a 2-D surface, the y grid the options give (or the kind of directions' default)."""
     text = args.grid if args.grid is not None else DEFAULT_GRIDS[args.directions]
     x = parse_grid(text, "--grid")
     y = None if dims == 1 else parse_grid(args.grid_y if args.grid_y is not None else text, "--grid-y")
@@ -108,6 +96,7 @@ def _grids(args: argparse.Namespace, dims: int) -> tuple[np.ndarray, Optional[np
 
 
 def _check_count(args: argparse.Namespace) -> None:
+    """As many checkpoints as the kind of directions takes."""
     needed = CHECKPOINTS_NEEDED[args.directions]
     if len(args.checkpoints) != needed:
         points = {1: "one checkpoint (the origin)", 2: "two checkpoints (A, then B)",
@@ -115,85 +104,20 @@ def _check_count(args: argparse.Namespace) -> None:
         raise OptionError(f"--directions {args.directions} takes {points}, got {len(args.checkpoints)}")
 
 
-def _check_same_architecture(first: Any, other: Any) -> None:
-    shapes = [(name, tuple(p.shape)) for name, p in first.model.named_parameters() if p.requires_grad]
-    others = [(name, tuple(p.shape)) for name, p in other.model.named_parameters() if p.requires_grad]
-    if shapes != others:
-        raise CheckpointError(f"{other.info.path} has other parameters than {first.info.path}; a line or plane needs "
-                              "checkpoints of one architecture")
-
-
-def _directions(args: argparse.Namespace, checkpoints: list, loss: Any, data: Any, dims: int, dtype: Any) -> Any:
-    model = checkpoints[0].model
-    if args.directions == "random":
-        return random_direction(model, seed=args.seed, dims=dims, normalization=args.normalization,
-                                biases=args.biases)
-    if args.directions == "eigen":
-        return eigen_directions(model, loss, data.batches, dims, dtype=dtype, device=args.device, seed=args.seed,
-                                progress=False if args.quiet else None)
-    thetas = [flat_parameters(c.model) for c in checkpoints]
-    return checkpoint_line(*thetas) if args.directions == "line" else checkpoint_plane(*thetas)
-
-
-def _stored(output: Path, path: str) -> tuple[Optional[str], Any]:
-    """The group name and surface the output already holds for the checkpoint at ``path`` (None, None if none)."""
-    if not output.exists():
-        return None, None
-    for name, record in store.read_results(output).items():
-        if record.attrs.get("path") == path and "surface" in record.results:
-            return name, record.results["surface"]
-    return None, None
-
-
-def _checkpoint_attrs(checkpoint: Any) -> dict[str, Any]:
-    """The origin checkpoint's provenance (what `landscape analyze` records of the file, nothing of the analysis)."""
-    info, model = checkpoint.info, checkpoint.model
-    return {"path": info.path, "format": info.format, "size": info.size, "sha256": info.sha256, "step": info.step,
-            "model_spec": checkpoint.model_spec, "model_kwargs": dict(checkpoint.model_kwargs),
-            "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-
-
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from landscape.analysis import check_pairing
-    from landscape.checkpoints import load_checkpoint
-
+    """Check the options, compute the surface (resumed with --resume) and print where it went."""
     _check_count(args)
     dims = _dims(args)
     x, y = _grids(args, dims)
-    output = store.check_writable(args.output)
     model_kwargs, data, loss = load_inputs(args)
-    checkpoints = [load_checkpoint(p, model_spec=args.model, model_kwargs=model_kwargs, trust=args.trust_checkpoint)
-                   for p in args.checkpoints]
-    check_pairing(checkpoints[0], loss, data)
-    for other in checkpoints[1:]:
-        _check_same_architecture(checkpoints[0], other)
-    origin = checkpoints[0]
-    name, existing = _stored(output, origin.info.path)
-    if existing is not None and not args.resume:
-        raise StoreError(f"{output} already holds a surface for {origin.info.path} (checkpoints/{name}/surface, "
-                         f"{existing.missing} of {existing.loss.size} cells left); pass --resume to continue it, "
-                         "or write to another file with -o")
-    dtype = DTYPES[args.dtype]
-    directions = _directions(args, checkpoints, loss, data, dims, dtype)
-    directions = dataclasses.replace(directions, description={
-        **directions.description, "checkpoints": [c.info.path for c in checkpoints],
-        "sha256": [c.info.sha256 for c in checkpoints], "checkpoint_names": [c.info.name for c in checkpoints],
-        "data": data.description})
-    command = " ".join(shlex.quote(a) for a in ["landscape", *argv])
-    attrs = _checkpoint_attrs(origin)
-    written = [name]
-
-    def save(result: Any) -> None:
-        with store.update_results(output) as handle:
-            written[0] = store.write_checkpoint(handle, origin.info.name, {"surface": dataclasses.replace(
-                result, command=command)}, attrs=attrs)
-
-    if existing is not None and not args.quiet:
-        left = f"{existing.missing} of {existing.loss.size} cells left" if existing.missing else "already complete"
-        print(f"resuming checkpoints/{name}/surface: {left}", file=sys.stderr)
-    result = evaluate_surface(origin.model, loss, data.batches, directions, x, y, dtype=dtype, device=args.device,
-                              existing=existing, progress=False if args.quiet else None, on_row=save)
+    result, name = run_surface(
+        args.checkpoints, data=data, loss=loss, output=args.output, x=x, y=y, kind=args.directions,
+        normalization=args.normalization, biases=args.biases, seed=args.seed, dtype=DTYPES[args.dtype],
+        device=args.device, model_spec=args.model, model_kwargs=model_kwargs, trust=args.trust_checkpoint,
+        resume=args.resume, command=command_line(argv), progress=False if args.quiet else None,
+        report=None if args.quiet else (lambda line: print(line, file=sys.stderr)),
+    )
     shape = "×".join(str(n) for n in result.loss.shape)
-    print(f"surface ({result.kind}, {shape} grid, {result.seconds:.1f} s): {output} "
-          f"(checkpoints/{written[0]}/surface)")
+    print(f"surface ({result.kind}, {shape} grid, {result.seconds:.1f} s): {Path(args.output)} "
+          f"(checkpoints/{name}/surface)")
     return 0

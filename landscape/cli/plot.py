@@ -59,6 +59,7 @@ examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """`landscape plot FILE... [--kind KIND] [-o OUTPUT]` and the options of some kinds."""
     p = sub.add_parser(
         "plot",
         help="draw a paper figure (PNG and PDF) from run and results files",
@@ -110,6 +111,7 @@ def _holds(group: Any, metric: str) -> bool:
 
 
 def _check_files(files: Sequence[str]) -> list[Path]:
+    """The files as paths, each an existing file."""
     paths = [Path(f) for f in files]
     for path in paths:
         if not path.is_file():

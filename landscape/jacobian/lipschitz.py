@@ -1,7 +1,7 @@
-"""Lipschitz estimates of a model from both sides, and Jacobian-norm statistics for reports.
+"""Lipschitz estimates of a model from both sides.
 
 - From below: the largest per-sample Jacobian spectral norm over a data set
-  (:func:`landscape.operators.jacobian.jacobian_norms`) is the Lipschitz norm of the model over the data, a lower
+  (:func:`landscape.jacobian.jacobian_norms`) is the Lipschitz norm of the model over the data, a lower
   bound on its global Lipschitz constant.
 - From above: for a plain feed-forward net f = g_L ∘ … ∘ g_1, Lip(f) ≤ Π Lip(g_l); a linear layer's Lipschitz constant
   (in the Euclidean norm) is its spectral norm, an activation's the bound on its slope.
@@ -17,13 +17,11 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import vjp
 
 from landscape.errors import OptionError
-from landscape.linalg.results import JacobianResult
 from landscape.operators.functional import eval_mode
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -154,22 +152,3 @@ def _unsupported(module: nn.Module) -> OptionError:
     return OptionError(f"lipschitz_upper_bound cannot bound {type(module).__name__} ({module!r}); it handles "
                        f"{SUPPORTED}")
 
-
-def jacobian_statistics(result: JacobianResult, quantiles: Sequence[float] = (0.5, 0.9, 0.99)) -> dict[str, Any]:
-    """A flat summary for reports: ``{norm}_mean``, ``{norm}_max``, ``{norm}_q50``… per computed norm, ``argmax``,
-    ``num_samples``, ``lipschitz_upper`` (when computed) and how the norms were obtained."""
-    stats: dict[str, Any] = {"num_samples": result.num_samples, "outputs": result.outputs}
-    for name in ("frobenius", "spectral"):
-        norms = getattr(result, name)
-        if norms is None or len(norms) == 0:
-            continue
-        stats[f"{name}_mean"] = float(np.mean(norms))
-        stats[f"{name}_max"] = float(np.max(norms))
-        for q, value in zip(quantiles, np.quantile(norms, list(quantiles))):
-            stats[f"{name}_q{100 * q:g}"] = float(value)
-    stats["argmax"] = result.argmax
-    if result.frobenius is not None:
-        stats["method"] = result.method
-    if result.lipschitz_upper is not None:
-        stats["lipschitz_upper"] = float(result.lipschitz_upper)
-    return stats

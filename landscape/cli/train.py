@@ -1,18 +1,16 @@
-"""`landscape train`: argument parsing for training with curvature tracking (the work is in :mod:`landscape.train`)."""
+"""`landscape train`: argument parsing for training with curvature tracking (the work is
+:func:`landscape.train.train`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 from typing import Any, Optional, Sequence
 
-import torch
-
-from landscape.errors import DataError, OptionError
+from landscape.cli.options import DTYPES, add_precision_arguments, command_line
+from landscape.distributed import Runtime, run_launched
+from landscape.errors import OptionError
 from landscape.optim.registry import HYPERPARAMETERS, OPTIMIZER_NAMES
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 TRAIN_EPILOG = """\
 optimizer hyperparameters (--hparam NAME=VALUE, repeatable), with their defaults:
@@ -36,6 +34,7 @@ curvature over every process's shard of the data; rank 0 writes the run file and
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """`landscape train`: every option, with its default, in --help; the optimizers' hyperparameters below."""
     p = sub.add_parser(
         "train",
         help="train a model and record its curvature as it goes (progressive sharpening, edge of stability)",
@@ -83,8 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "at the end)")
     p.add_argument("--target-loss", type=float, help="stop once a record's train loss is at most this")
     p.add_argument("--target-accuracy", type=float, help="stop once a record's train accuracy is at least this")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="precision (default: float32)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    add_precision_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the data order and every "
                    "random draw (default: 0)")
     p.add_argument("-o", "--output", default="run.h5", metavar="FILE", help="HDF5 run file (default: run.h5)")
@@ -114,18 +112,15 @@ def parse_hparams(items: Sequence[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Train in this process, or, launched by torchrun, data-parallel on every rank (rank 0 writes and prints)."""
-    from landscape.operators.distributed import run_launched
-
-    return run_launched(lambda device, distributed: _train(args, argv, device, distributed=distributed), args.device)
+    return run_launched(lambda device, runtime: _train(args, argv, device, runtime=runtime), args.device)
 
 
-def _train(args: argparse.Namespace, argv: Sequence[str], device: Optional[str], *, distributed: bool) -> int:
-    from landscape import store
-    from landscape.checkpoints import build_model, parse_model_kwargs
-    from landscape.data import load_data
-    from landscape.losses import resolve_loss
+def _train(args: argparse.Namespace, argv: Sequence[str], device: Optional[str], *, runtime: Runtime) -> int:
+    """One process's part: the settings the options give, :func:`landscape.train.train`, and how the run ended
+    (printed by the writing process)."""
+    from landscape.checkpoints import parse_model_kwargs
     from landscape.tracking import TrackerSettings
-    from landscape.train import Trainer, TrainSettings
+    from landscape.train import TrainSettings, train
 
     settings = TrainSettings(
         optimizer=args.optimizer, lr=args.lr, hyperparameters=parse_hparams(args.hparam), steps=args.steps,
@@ -136,39 +131,12 @@ def _train(args: argparse.Namespace, argv: Sequence[str], device: Optional[str],
         save_every=args.save_every, target_loss=args.target_loss, target_accuracy=args.target_accuracy,
         seed=args.seed,
     )
-    if not args.resume:
-        store.check_writable(args.output)
-    model_kwargs = parse_model_kwargs(args.model_kwargs)
-    train_data = load_data(args.data, split="train", subset=args.subset, seed=args.seed)
-    test_data = _test_split(args.data)
-    loss = resolve_loss(args.loss, train_data.task)
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, model_kwargs)
-    trainer = Trainer(model, loss, train_data.batches, test_data, settings, output=args.output,
-                      checkpoint_dir=args.checkpoint_dir, model_spec=args.model, model_kwargs=model_kwargs,
-                      dtype=DTYPES[args.dtype], device=device, distributed=distributed,
-                      attrs={"command": " ".join(shlex.quote(a) for a in ["landscape", *argv]),
-                             "model_spec": args.model, "model_kwargs": model_kwargs, "data": train_data.spec,
-                             "data_description": train_data.description, "loss_function": _loss_name(loss),
-                             "num_params": sum(p.numel() for p in model.parameters())})
-    result = trainer.run(resume=args.resume, trust=args.trust_checkpoint, progress=False if args.quiet else None)
-    if trainer.writer:
+    result = train(args.model, args.data, settings, output=args.output,
+                   model_kwargs=parse_model_kwargs(args.model_kwargs), loss_spec=args.loss, subset=args.subset,
+                   checkpoint_dir=args.checkpoint_dir, dtype=DTYPES[args.dtype], device=device, resume=args.resume,
+                   trust=args.trust_checkpoint, command=command_line(argv), progress=False if args.quiet else None,
+                   runtime=runtime)
+    if runtime.is_writer:
         print(f"{result.stop_reason} after {result.steps} steps in {result.seconds:.1f} s")
         print(f"run: {args.output}\ncheckpoint: {result.checkpoint}")
     return 0
-
-
-def _test_split(spec: str) -> Optional[Any]:
-    """The data's test split when it has one (else None: files and built-ins without a test split train only)."""
-    from landscape.data import load_data
-
-    try:
-        return load_data(spec, split="test").batches
-    except (OptionError, DataError):
-        return None
-
-
-def _loss_name(loss: Any) -> str:
-    from landscape.losses import loss_name
-
-    return loss_name(loss)

@@ -20,7 +20,7 @@ no dropout), so each sample's function does not depend on the rest of its batch.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -28,10 +28,12 @@ from torch import nn
 from torch.func import jvp, vjp, vmap
 
 from landscape.errors import DataError, OptionError
-from landscape.linalg.results import JacobianResult
+from landscape.jacobian.lipschitz import lipschitz_upper_bound
+from landscape.linalg.random import Seed, generator_for, seed_value
 from landscape.operators.batches import checked_batches, is_single_batch, move_batch
 from landscape.operators.functional import call_with, eval_mode, is_scripted
 from landscape.progress import progress_bar
+from landscape.results import JacobianResult
 
 OUTPUTS = ("logits", "probabilities")
 METHODS = ("exact", "probe")
@@ -181,7 +183,7 @@ def per_sample_jacobian_norms(
                         + (f"{inputs.dtype} of shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor)
                            else type(inputs).__name__))
     if generator is None:
-        generator = torch.Generator(device=inputs.device).manual_seed(0)
+        generator = generator_for(inputs.device, 0)
     state = _own_state(model) if state is None else state
     f = single_sample_function(model, state, outputs)
     inputs = inputs.detach()
@@ -208,10 +210,16 @@ def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     return dtype, device
 
 
-def _generator(seed: Union[None, int, torch.Generator], device: torch.device) -> torch.Generator:
-    if isinstance(seed, torch.Generator):
-        return seed
-    return torch.Generator(device=device).manual_seed(0 if seed is None else int(seed))
+def _lipschitz_upper(model: nn.Module, input_shape: tuple[int, ...],
+                     lipschitz_bound: Union[bool, Literal["if-supported"]]) -> Optional[float]:
+    """The layer-norm product bound for inputs of ``input_shape``; with ``"if-supported"``, None for a model that is
+    not a plain feed-forward net of supported layers (OptionError or TypeError while bounding it)."""
+    if lipschitz_bound == "if-supported":
+        try:
+            return lipschitz_upper_bound(model, input_shape)
+        except (OptionError, TypeError):
+            return None
+    return lipschitz_upper_bound(model, input_shape)
 
 
 def _finite(norms: Optional[torch.Tensor], offset: int, name: str) -> None:
@@ -231,10 +239,10 @@ def jacobian_norms(
     num_probes: int = 16,
     power_iterations: int = 30,
     tol: float = 1e-6,
-    lipschitz_bound: bool = False,
+    lipschitz_bound: Union[bool, Literal["if-supported"]] = False,
     dtype: Optional[torch.dtype] = None,
     device: Optional[Union[torch.device, str]] = None,
-    seed: Union[None, int, torch.Generator] = 0,
+    seed: Seed = 0,
     distribution: str = "rademacher",
     progress: Optional[bool] = None,
 ) -> JacobianResult:
@@ -244,8 +252,9 @@ def jacobian_norms(
     used. The model is never modified: a copy of its parameters and buffers in ``dtype`` on ``device`` (by default the
     model's own) is substituted in eval mode. The maximum of the spectral norms over the data is a lower bound on the
     model's Lipschitz constant; with ``lipschitz_bound=True`` the product of the layers' spectral norms (an upper
-    bound, for plain ``nn.Sequential`` nets of the layers :func:`landscape.lipschitz.lipschitz_upper_bound` accepts)
-    is recorded too. Probe draws and start vectors come from one generator seeded by ``seed`` on ``device``, so probe
+    bound, for plain ``nn.Sequential`` nets of the layers :func:`landscape.jacobian.lipschitz_upper_bound` accepts)
+    is recorded too (any other model raises OptionError; ``"if-supported"`` leaves the bound None for it instead).
+    Probe draws and start vectors come from one generator seeded by ``seed`` on ``device``, so probe
     estimates depend on how the data is batched; exact norms, and converged spectral norms, do not.
     """
     _check_options(outputs, frobenius, spectral, method, num_probes, power_iterations, tol, distribution)
@@ -256,7 +265,7 @@ def jacobian_norms(
     if not dtype.is_floating_point:
         raise OptionError(f"dtype must be a floating-point type, got {dtype}")
     state = {name: move_batch(t, device, dtype) for name, t in _own_state(model).items()}
-    generator = _generator(seed, device)
+    generator = generator_for(device, seed)
     total = int(data[0].shape[0]) if is_single_batch(data) else None
     frobs: list[np.ndarray] = []
     specs: list[np.ndarray] = []
@@ -283,11 +292,7 @@ def jacobian_norms(
                 specs.append(spec.double().cpu().numpy())
             count += size
             bar.update(size)
-    upper = None
-    if lipschitz_bound:
-        from landscape.lipschitz import lipschitz_upper_bound
-
-        upper = lipschitz_upper_bound(model, input_shape)
+    upper = _lipschitz_upper(model, input_shape, lipschitz_bound) if lipschitz_bound else None
     probe = frobenius and method == "probe"
     return JacobianResult(
         frobenius=np.concatenate(frobs) if frobenius else None,
@@ -297,7 +302,7 @@ def jacobian_norms(
         num_probes=num_probes if probe else 0,
         power_iterations=power_iterations if spectral else 0,
         lipschitz_upper=upper,
-        seed=None if isinstance(seed, torch.Generator) else (0 if seed is None else int(seed)),
+        seed=seed_value(seed),
         seconds=time.perf_counter() - start,
         distribution=distribution if probe else None,
     )

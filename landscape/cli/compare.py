@@ -1,5 +1,5 @@
-"""`landscape compare`: a flatness table and figure over results and run files (the work is in
-:mod:`landscape.compare` and :mod:`landscape.plot.compare`)."""
+"""`landscape compare`: a flatness table and figure over results and run files (the work is
+:func:`landscape.compare.compare`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ edge of stability). Nothing is recomputed: "-" marks what a file did not record.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """`landscape compare FILE... [--markdown] [--figure PATH | --no-figure]`."""
     p = sub.add_parser(
         "compare",
         help="flatness (λmax, trace, Jacobian norm, accuracy) of several checkpoints or runs: a table and a figure",
@@ -40,14 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from landscape.compare import flatness_rows, flatness_table
-    from landscape.plot.compare import plot_flatness
-    from landscape.plot.style import save
+    """Print the table and draw the figure (unless --no-figure); argv is unused (nothing records a command)."""
+    from landscape.compare import compare
 
-    rows = flatness_rows(args.files)
-    print(flatness_table(rows, markdown=args.markdown))
-    if not args.no_figure:
-        figure = plot_flatness(rows, None)
-        written = save(figure, args.figure)
-        print("figure: " + ", ".join(str(path) for path in written))
+    compare(args.files, markdown=args.markdown, figure=None if args.no_figure else args.figure)
     return 0

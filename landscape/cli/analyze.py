@@ -1,0 +1,102 @@
+"""`landscape analyze`: argument parsing for the curvature of saved checkpoints (the work is
+:func:`landscape.analysis.analyze`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from landscape.cli.options import DTYPES, add_input_arguments, add_precision_arguments, command_line, load_inputs
+from landscape.distributed import Runtime, run_launched
+from landscape.linalg.trace import METHODS as TRACE_METHODS
+from landscape.operators.factory import CURVATURES
+
+ANALYZE_EXAMPLE = """\
+examples:
+  landscape analyze model.pt --model mlp --data digits
+  landscape analyze runs/ckpts/ --model mypkg.nets:resnet18 --model-kwargs '{"num_classes": 10}' \\
+      --data train.npz --batch-size 512 --metrics eigs,trace --top-k 10 --dtype float64 -o results.h5
+  landscape analyze "ckpt_*.pt" --model mlp --data digits --per-layer -o results.h5 --resume
+
+CHECKPOINT may be a file, a folder (every checkpoint file in it) or a quoted glob; several are analysed in order of
+their training step. State dicts need --model; checkpoints written by `landscape train` of a built-in model carry
+their architecture. Nothing in a file runs code unless --trust-checkpoint: TorchScript files and torch.export programs
+(.pt2) need it, and so do pickled objects and a model factory a checkpoint names instead of --model."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """`landscape analyze`: every option, with its default, in --help."""
+    p = sub.add_parser(
+        "analyze",
+        help="Hessian eigenvalues, trace and spectral density of saved checkpoints, into an HDF5 file",
+        description="Load each checkpoint, compute the Hessian of the mean loss over the data (matrix-free), and add "
+        "its top eigenvalues (Lanczos), trace (Krylov-deflated Hutchinson) and spectral density (stochastic Lanczos "
+        "quadrature) to an HDF5 results file, one group per checkpoint. Prints a summary table at the end.",
+        epilog=ANALYZE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files, folders or globs")
+    add_input_arguments(p, exact="the Hessian")
+    p.add_argument("--metrics", default="eigs,trace,density", help="comma-separated subset of eigs,trace,density,"
+                   "jacobian (default: eigs,trace,density); jacobian: per-sample input-output Jacobian norms and, for "
+                   "plain feed-forward nets, the product of the layers' spectral norms (a Lipschitz upper bound)")
+    p.add_argument("--curvature", default="hessian", choices=CURVATURES, help="the matrix whose eigenvalues, trace "
+                   "and density are computed: the loss Hessian, the generalized Gauss-Newton matrix, the Fisher "
+                   "(labels sampled from the model) or the empirical Fisher (the data's labels) (default: hessian)")
+    p.add_argument("--jacobian-outputs", default="logits", choices=("logits", "probabilities"),
+                   help="differentiate the logits or the softmax probabilities (default: logits)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="number of top eigenvalues (default: 5)")
+    p.add_argument("--tol", type=float, default=1e-6, help="relative residual at which Lanczos stops (default: 1e-6)")
+    p.add_argument("--trace-matvecs", type=int, default=99, metavar="M", help="Hessian-vector products for the "
+                   "trace (default: 99)")
+    p.add_argument("--trace-method", default="krylov", choices=TRACE_METHODS, help="trace estimator (default: "
+                   "krylov)")
+    p.add_argument("--density-probes", type=int, default=10, metavar="P", help="SLQ probe vectors (default: 10)")
+    p.add_argument("--density-steps", type=int, default=80, metavar="S", help="Lanczos steps per SLQ probe "
+                   "(default: 80)")
+    p.add_argument("--per-layer", action="store_true", help="repeat the metrics for each module's parameters")
+    p.add_argument("--save-vectors", action="store_true", help="store the top eigenvectors too (k × parameters)")
+    p.add_argument("--compile", action="store_true", help="run the Hessian-vector product through torch.compile "
+                   "(forward-over-reverse): the first products pay seconds to a minute of compilation; worth it for "
+                   "large models the built-in layerwise path does not cover, on GPU above all")
+    add_precision_arguments(p, dtype_help="precision of the curvature")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random probe and --subset (default: 0)")
+    p.add_argument("-o", "--output", default="results.h5", metavar="FILE", help="HDF5 results file; created, or "
+                   "added to (default: results.h5)")
+    p.add_argument("--resume", action="store_true", help="skip checkpoints whose results the output already holds")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Analyse in this process, or, launched by torchrun, over every rank's shard (rank 0 writes and prints)."""
+    return run_launched(lambda device, runtime: _analyze(args, argv, device, runtime=runtime), args.device)
+
+
+def _analyze(args: argparse.Namespace, argv: Sequence[str], device: Optional[str], *, runtime: Runtime) -> int:
+    """One process's part: the settings the options give, :func:`landscape.analysis.analyze`, and the summary table
+    (printed by the writing process)."""
+    from landscape.analysis import AnalysisSettings, analyze
+    from landscape.report import results_table
+
+    settings = AnalysisSettings(
+        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+        top_k=args.top_k, tol=args.tol, trace_matvecs=args.trace_matvecs, trace_method=args.trace_method,
+        density_probes=args.density_probes, density_steps=args.density_steps, per_layer=args.per_layer,
+        dtype=DTYPES[args.dtype], device=device, seed=args.seed, save_vectors=args.save_vectors,
+        curvature=args.curvature, jacobian_outputs=args.jacobian_outputs, compile=args.compile,
+    )
+    model_kwargs, data, loss = load_inputs(args)
+    writer = runtime.is_writer
+    say = None if args.quiet or not writer else (lambda line: print(line, file=sys.stderr))
+    summaries = analyze(
+        args.checkpoints, data=data, loss=loss, output=args.output, settings=settings, model_spec=args.model,
+        model_kwargs=model_kwargs, trust=args.trust_checkpoint, resume=args.resume,
+        command=command_line(argv), progress=False if args.quiet else None,
+        report=say, note=(lambda line: print(line, file=sys.stderr)) if writer else None, runtime=runtime,
+    )
+    if writer:
+        if summaries:
+            print(results_table(args.output, [s.name for s in summaries]))
+        print(f"results: {args.output}")
+    return 0
