@@ -17,15 +17,17 @@ from landscape.checkpoints import Checkpoint, checkpoint_provenance, file_sha256
 from landscape.data import LoadedData
 from landscape.devices import dtype_name
 from landscape.distributed import LOCAL, Runtime
-from landscape.errors import LandscapeError, LossError, OptionError
+from landscape.errors import LandscapeError, LossError, OptionError, option
 from landscape.jacobian import jacobian_norms
 from landscape.linalg import lanczos, spectral_density, trace
 from landscape.linalg.trace import METHODS as TRACE_METHODS
 from landscape.losses import check_targets, loss_name
 from landscape.operators.batches import checked_batches, move_batch
+from landscape.operators.blocks import restrict
 from landscape.operators.evaluation import fit, no_grad_unless
 from landscape.operators.functional import ModelLoss, call_with, evaluate_loss
 from landscape.operators.factory import CURVATURES, check_compile
+from landscape.param_blocks import Block, model_blocks
 from landscape.results import CheckpointSummary, Result
 
 METRICS = ("eigs", "trace", "density", "jacobian")
@@ -54,21 +56,24 @@ class AnalysisSettings:
 
     def __post_init__(self) -> None:
         if self.curvature not in CURVATURES:
-            raise OptionError(f"--curvature must be one of {', '.join(CURVATURES)}, got {self.curvature!r}")
+            raise OptionError(f"{option('curvature')} must be one of {', '.join(CURVATURES)}, "
+                              f"got {self.curvature!r}")
         check_compile(self.curvature, self.compile)
         if self.jacobian_outputs not in ("logits", "probabilities"):
-            raise OptionError(f"--jacobian-outputs must be logits or probabilities, got {self.jacobian_outputs!r}")
+            raise OptionError(f"{option('jacobian_outputs')} must be logits or probabilities, "
+                              f"got {self.jacobian_outputs!r}")
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
-            raise OptionError(
-                f"--metrics must be a comma-separated subset of {','.join(METRICS)}, got {unknown or 'nothing'}")
+            raise OptionError(f"{option('metrics')} must be a comma-separated subset of {','.join(METRICS)}, "
+                              f"got {unknown or 'nothing'}")
         for name in ("top_k", "trace_matvecs", "density_probes", "density_steps"):
             if getattr(self, name) < 1:
-                raise OptionError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+                raise OptionError(f"{option(name)} must be a positive integer, got {getattr(self, name)}")
         if self.trace_method not in TRACE_METHODS:
-            raise OptionError(f"--trace-method must be one of {', '.join(TRACE_METHODS)}, got {self.trace_method!r}")
+            raise OptionError(f"{option('trace_method')} must be one of {', '.join(TRACE_METHODS)}, "
+                              f"got {self.trace_method!r}")
         if not self.tol >= 0:
-            raise OptionError(f"--tol must be non-negative, got {self.tol}")
+            raise OptionError(f"{option('tol')} must be non-negative, got {self.tol}")
 
     def as_attrs(self) -> dict[str, Any]:
         """The settings as HDF5-friendly attributes."""
@@ -87,7 +92,7 @@ class AnalysisSettings:
             value = getattr(self, name)
             if metric in self.metrics and value > dimension:
                 changes[name] = dimension
-                notes.append(f"--{name.replace('_', '-')} {value} is more than the {dimension} parameters; clipped to "
+                notes.append(f"{option(name)} {value} is more than the {dimension} parameters; clipped to "
                              f"{dimension} {what}")
         return dataclasses.replace(self, **changes), notes
 
@@ -99,17 +104,21 @@ def curvature(
     settings: AnalysisSettings,
     *,
     params: Optional[Sequence[str]] = None,
+    block: Optional[Block] = None,
     progress: Optional[bool] = None,
     runtime: Runtime = LOCAL,
 ) -> dict[str, Result]:
     """The requested metrics of the curvature matrix (``settings.curvature``, the Hessian by default) of the mean loss
-    over ``data`` (over ``params`` when given), and the input-output Jacobian norms when asked for.
+    over ``data`` (over ``params``, or the coordinates of one parameter ``block``, when given), and the input-output
+    Jacobian norms when asked for (of the whole model).
 
     Across processes (``runtime``), ``data`` is the whole data set on every rank; each rank builds the operator on its
     shard and every product is all-reduced (see :mod:`landscape.operators.distributed`); the Jacobian norms are
     computed by the writing rank alone."""
+    params = block.params if block is not None else params
     op = runtime.curvature_operator(settings.curvature, model, loss, data, params=params, dtype=settings.dtype,
                                     device=settings.device, seed=settings.seed, compile=settings.compile)
+    op = restrict(op, block, model)
     results: dict[str, Result] = {}
     if "eigs" in settings.metrics:
         eig = lanczos(op, min(settings.top_k, op.shape[0]), tol=settings.tol, seed=settings.seed,
@@ -132,16 +141,6 @@ def jacobian(model: nn.Module, data: Any, settings: AnalysisSettings, *, progres
     """Per-sample Jacobian norms over the data, with the layer-norm product bound where the architecture allows it."""
     return jacobian_norms(model, data, outputs=settings.jacobian_outputs, lipschitz_bound="if-supported",
                           dtype=settings.dtype, device=settings.device, seed=settings.seed, progress=progress)
-
-
-def layer_groups(model: nn.Module) -> dict[str, list[str]]:
-    """Trainable parameter names grouped by the module that owns them (``"0"``: ``["0.weight", "0.bias"]``)."""
-    groups: dict[str, list[str]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            owner = name.rpartition(".")[0] or name
-            groups.setdefault(owner, []).append(name)
-    return groups
 
 
 def first_batch(data: Any) -> Any:
@@ -169,6 +168,8 @@ def check_pairing(checkpoint: Checkpoint, loss: Any, data: LoadedData) -> None:
         raise type(err)(f"{where} on {data.spec}: {err}") from None
     except Exception as err:  # the model's own code failing on this data: say where, keep the first line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if data.task == "language-model":  # an embedding's "index out of range" is a token beyond the vocabulary
+            first += f" (the largest token of the batch is {int(batch[0].max())}: within the model's vocabulary?)"
         raise LandscapeError(f"{where}: the model fails on a batch of {data.spec}: {first}") from None
     if not isinstance(value, torch.Tensor) or value.ndim != 0:
         raise LossError(f"the loss {loss_name(loss)} must return a scalar (the batch mean)")
@@ -185,9 +186,10 @@ def analyze_checkpoint(
     *,
     progress: Optional[bool] = None,
     runtime: Runtime = LOCAL,
-) -> tuple[dict[str, Result], dict[str, tuple[list[str], dict[str, Result]]], float, Optional[float]]:
-    """Whole-model results, per-layer results (when asked), and the loss and accuracy at the checkpoint
-    (across processes: over every rank's shard of ``data``, see :func:`curvature`)."""
+) -> tuple[dict[str, Result], dict[str, tuple[dict[str, Any], dict[str, Result]]], float, Optional[float]]:
+    """Whole-model results, per-block results (when asked: each parameter block of
+    :func:`~landscape.param_blocks.model_blocks` by name, with its attributes), and the loss and accuracy at the
+    checkpoint (across processes: over every rank's shard of ``data``, see :func:`curvature`)."""
     model = checkpoint.model
     try:
         local = runtime.shard(data.batches)
@@ -197,9 +199,9 @@ def analyze_checkpoint(
         results = curvature(model, loss, data.batches, settings, progress=progress, runtime=runtime)
         layers = {}
         if settings.per_layer:
-            for group, names in layer_groups(model).items():
-                layers[group] = (names, curvature(model, loss, data.batches, settings, params=names, progress=progress,
-                                                  runtime=runtime))
+            for order, block in enumerate(model_blocks(model)):
+                layers[block.name] = (block.attrs(order), curvature(model, loss, data.batches, settings, block=block,
+                                                                    progress=progress, runtime=runtime))
     except LandscapeError as err:
         raise type(err)(f"{checkpoint.info.path}: {err}") from None
     return results, layers, loss_value, accuracy
@@ -293,7 +295,7 @@ def analyze(
     for index, path in enumerate(paths, 1):
         if str(path) in skip:
             if report:
-                report(f"[{index}/{len(paths)}] {path}: already in {out_path}, skipped (--resume)")
+                report(f"[{index}/{len(paths)}] {path}: already in {out_path}, skipped ({option('resume')})")
             continue
         start = time.perf_counter()
         checkpoint = load(path)

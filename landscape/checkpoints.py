@@ -1,8 +1,9 @@
 """Load users' checkpoints as they are, and save the toolkit's own.
 
 Reads PyTorch state dicts (bare or under a wrapper key, from Lightning, DataParallel/DDP or ``torch.compile``),
-safetensors, TorchScript, ``torch.export`` programs and the toolkit's own format. The format is found from the
-file's contents, not its suffix. Every problem with a file is a one-line :class:`CheckpointError`; problems with
+safetensors, TorchScript, ``torch.export`` programs, the toolkit's own format, and Hugging Face ``save_pretrained``
+folders (:mod:`landscape.hf`, with the optional extra ``landscape[hf]``). The format is found from the file's
+contents, not its suffix. Every problem with a file is a one-line :class:`CheckpointError`; problems with
 ``--model`` / ``--model-kwargs`` are :class:`OptionError`. Nothing in a file runs code unless the caller trusts it
 (``trust=True``, ``--trust-checkpoint``): see :func:`load_checkpoint`.
 """
@@ -31,10 +32,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torch._weights_only_unpickler import _get_allowed_globals
 
-from landscape.errors import CheckpointError, OptionError
+from landscape import hf
+from landscape.errors import CheckpointError, OptionError, option
 from landscape.files import PathLike, replacing
 from landscape.models import BUILTIN_MODELS
-from landscape.specs import import_callable
+from landscape.specs import current_folder_on_path, import_callable
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -56,13 +58,22 @@ _TOOLKIT_FORMAT = "landscape-checkpoint"
 _TOOLKIT_VERSION = 1
 _MAX_LISTED = 10
 _MAX_WRAPPER_DEPTH = 4
-_TRUST_HINT = "pass --trust-checkpoint (trust=True in Python), but only for files you trust"
 # The model specs a checkpoint may name and have built without trust: the built-in models, by name or import path.
 _BUILTIN_SPECS = frozenset(BUILTIN_MODELS) | {f"landscape.models:{f.__name__}" for f in BUILTIN_MODELS.values()}
 _LEGACY_PICKLES = 5  # a legacy torch.save file: magic number, protocol, sys info, the object, storage keys; then data
 _STRING_OPCODES = frozenset(("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
                              "BINUNICODE8"))
 _MODEL_HINT = f"use a built-in name ({', '.join(sorted(BUILTIN_MODELS))}) or 'package.module:factory' for your own"
+
+
+def _trust_hint() -> str:
+    """How to load a file that runs code, named as the caller spells it (``trust`` or ``--trust-checkpoint``)."""
+    return f"pass {option('trust', '--trust-checkpoint')}, but only for files you trust"
+
+
+def _model() -> str:
+    """The option naming the architecture (``model_spec`` or ``--model``)."""
+    return option("model_spec", "--model")
 
 # What torch.load, pickle, zipfile and safetensors raise on truncated, corrupt or foreign bytes.
 _READ_ERRORS = (
@@ -81,6 +92,7 @@ class CheckpointInfo:
     path: str  # absolute path
     name: str  # file name without the checkpoint extension(s), e.g. "step_100"
     format: str  # "state_dict" | "lightning" | "safetensors" | "torchscript" | "export" | "landscape" | "module"
+    #              | "huggingface" (a save_pretrained folder: path, size and sha256 are of its weight files, see hf.py)
     size: int  # bytes
     sha256: str
     step: int | None  # training step from the contents, else from the file name, else None
@@ -123,33 +135,34 @@ class _Weights:
 def build_model(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Build the model ``--model`` names: a built-in name, or ``package.module:factory`` called with ``**kwargs``.
 
-    The factory may be any callable returning an ``nn.Module``, including an ``nn.Module`` subclass.
+    The factory may be any callable returning an ``nn.Module``, including an ``nn.Module`` subclass; a transformers
+    model it returns gives its logits rather than a ``ModelOutput`` (:func:`landscape.hf.logits_only`).
     """
     if not isinstance(spec, str):
-        raise OptionError(f"--model must be a string, got a {type(spec).__name__}: {_MODEL_HINT}")
+        raise OptionError(f"{_model()} must be a string, got a {type(spec).__name__}: {_MODEL_HINT}")
     kwargs = dict(kwargs or {})
     factory = BUILTIN_MODELS.get(spec) or _import_factory(spec)
     try:
         model = factory(**kwargs)
     except (TypeError, ValueError) as err:
         raise OptionError(
-            f"--model {spec!r} could not be built with --model-kwargs {kwargs!r} ({_first_line(err)}); "
+            f"{_model()} {spec!r} could not be built with {option('model_kwargs')} {kwargs!r} ({_first_line(err)}); "
             "check the argument names and values"
         ) from err
     if not isinstance(model, nn.Module):
         raise OptionError(
-            f"--model {spec!r} returned a {type(model).__name__}, expected a torch.nn.Module; "
+            f"{_model()} {spec!r} returned a {type(model).__name__}, expected a torch.nn.Module; "
             "point it at a function or class that builds the model"
         )
-    return model
+    return hf.logits_only(model) if hf.is_transformers_model(model) else model
 
 
 def _import_factory(spec: str) -> Any:
     """The callable a ``package.module:factory`` spec names (``factory`` may be dotted, e.g. ``Class.create``)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise OptionError(f"unknown --model {spec!r}: {_MODEL_HINT}")
-    return import_callable(spec, OptionError, "--model")
+        raise OptionError(f"unknown {_model()} {spec!r}: {_MODEL_HINT}")
+    return import_callable(spec, OptionError, _model())
 
 
 def parse_model_kwargs(text: str | None) -> dict:
@@ -160,12 +173,12 @@ def parse_model_kwargs(text: str | None) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise OptionError(
-            f"--model-kwargs is not valid JSON ({err.msg} at character {err.pos}); "
+            f"{option('model_kwargs')} is not valid JSON ({err.msg} at character {err.pos}); "
             'expected an object such as \'{"sizes": [64, 10]}\''
         ) from err
     if not isinstance(value, dict):
         raise OptionError(
-            f"--model-kwargs must be a JSON object, got a {type(value).__name__}; "
+            f"{option('model_kwargs')} must be a JSON object, got a {type(value).__name__}; "
             'write it as \'{"name": value, ...}\''
         )
     return value
@@ -175,7 +188,8 @@ def parse_model_kwargs(text: str | None) -> dict:
 
 
 def find_checkpoints(paths: Sequence[PathLike] | PathLike) -> list[Path]:
-    """The checkpoint files that files, folders (non-recursive, known suffixes) and glob patterns name.
+    """The checkpoint files that files, folders (non-recursive, known suffixes) and glob patterns name; a Hugging
+    Face ``save_pretrained`` folder (``config.json`` and weights) is one checkpoint, also inside a named folder.
 
     Deduplicated, as absolute paths, ordered by the step in the file name; files without one come last, ties by name.
     A single path may be passed instead of a sequence.
@@ -191,14 +205,14 @@ def find_checkpoints(paths: Sequence[PathLike] | PathLike) -> list[Path]:
 def _expand(entry: str) -> list[Path]:
     """The files one ``find_checkpoints`` entry names."""
     path = Path(entry)
-    if path.is_file():
+    if path.is_file() or hf.is_pretrained_folder(path):
         return [path]
     if path.is_dir():
         files = _folder_files(path)
         if not files:
             raise CheckpointError(
-                f"folder '{entry}' holds no checkpoint files (looked for {', '.join(CHECKPOINT_SUFFIXES)}, "
-                "not in subfolders); name the files or a glob pattern instead"
+                f"folder '{entry}' holds no checkpoint files (looked for {', '.join(CHECKPOINT_SUFFIXES)} and "
+                "save_pretrained folders, not deeper); name the files or a glob pattern instead"
             )
         return files
     if not re.search(r"[*?[]", entry):
@@ -210,15 +224,19 @@ def _expand(entry: str) -> list[Path]:
 
 
 def _glob_match(path: Path) -> list[Path]:
-    """A glob match as files: the file itself, or a folder's checkpoint files."""
+    """A glob match as files: the file itself (or save_pretrained folder), or a folder's checkpoint files."""
+    if hf.is_pretrained_folder(path):
+        return [path]
     if path.is_dir():
         return _folder_files(path)
     return [path] if path.is_file() else []
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    """The files directly in ``folder`` with a checkpoint suffix."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
+    """The files directly in ``folder`` with a checkpoint suffix, and its subfolders that are save_pretrained
+    folders (as a Hugging Face Trainer's ``checkpoint-500/``, ...)."""
+    return sorted(p for p in folder.iterdir()
+                  if (p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES) or hf.is_pretrained_folder(p))
 
 
 def _order_key(path: Path) -> tuple[bool, int, str, str]:
@@ -264,13 +282,17 @@ def load_checkpoint(
 
     State dicts and safetensors need ``model_spec`` (``--model``) to build the architecture; toolkit checkpoints
     carry their own (an explicit ``model_spec`` wins). TorchScript and ``torch.export`` files carry their own code
-    and ignore ``model_spec``.
+    and ignore ``model_spec``, as a Hugging Face ``save_pretrained`` folder does (its ``config.json`` names the
+    architecture, built through transformers, see :mod:`landscape.hf`; the model then returns its logits).
 
     Nothing in the file runs code unless ``trust`` is set (``--trust-checkpoint``): pickles are loaded weights-only,
     a model spec read from a file is built only if it names a built-in model, and TorchScript and ``torch.export``
-    programs (code that can do anything once run) are refused.
+    programs (code that can do anything once run) and Hugging Face configs naming code of their own (``auto_map``)
+    are refused.
     """
     path = Path(path)
+    if hf.is_pretrained_folder(path):
+        return _load_pretrained(path, trust)
     kind = _sniff(path)
     if kind in ("torchscript", "export"):
         if not trust:
@@ -285,14 +307,27 @@ def load_checkpoint(
         return Checkpoint(weights.module, _info(path, weights.format, weights.step), None, {})
     if spec is None:
         raise CheckpointError(
-            f"checkpoint '{path}' holds only weights (a state dict), not the architecture; pass --model "
-            f"(model_spec= in Python) and --model-kwargs to build it: {_MODEL_HINT}"
+            f"checkpoint '{path}' holds only weights (a state dict), not the architecture; pass {_model()} "
+            f"and {option('model_kwargs')} to build it: {_MODEL_HINT}"
         )
     use_file_kwargs = model_kwargs is None and spec == weights.model_spec
     kwargs = dict(weights.model_kwargs if use_file_kwargs else model_kwargs or {})
     model = build_model(spec, kwargs)
     _load_state_dict(model, weights.state_dict, path, spec)
     return Checkpoint(model, _info(path, weights.format, weights.step), spec, kwargs)
+
+
+def _load_pretrained(folder: Path, trust: bool) -> Checkpoint:
+    """A ``save_pretrained`` folder: the model its config describes, its weight files read as single files are
+    (safetensors, or pickles weights-only unless trusted), fitted to the model's keys and checked as any state dict."""
+    model = hf.build_pretrained(folder, trust=trust)
+    state: dict[str, Any] = {}
+    for file in hf.weight_files(folder):
+        weights = _load_safetensors(file) if file.suffix == ".safetensors" else _unpack(_torch_load(file, trust), file)
+        state.update(weights.state_dict)
+    _load_state_dict(model, hf.fit_state_dict(model, state), folder, type(model).__name__,
+                     fix="its config.json and weights disagree: re-save the folder with save_pretrained")
+    return Checkpoint(hf.logits_only(model), _info(folder, "huggingface", None), None, {})
 
 
 def _check_builtin_spec(spec: str, path: Path) -> None:
@@ -302,8 +337,8 @@ def _check_builtin_spec(spec: str, path: Path) -> None:
     shown = repr(spec) if len(spec) <= 80 else repr(spec[:77] + "...")
     raise CheckpointError(
         f"checkpoint '{path}' names the model factory {shown}, which is not a built-in model: building it would "
-        "import and run code the file chose; pass --model (model_spec= in Python) to name the architecture yourself, "
-        f"or, to build the file's, {_TRUST_HINT}"
+        f"import and run code the file chose; pass {_model()} to name the architecture yourself, "
+        f"or, to build the file's, {_trust_hint()}"
     )
 
 
@@ -312,8 +347,8 @@ def _program_refused(path: Path, kind: str) -> CheckpointError:
     what = "a TorchScript program" if kind == "torchscript" else "a torch.export program"
     return CheckpointError(
         f"refused to load checkpoint '{path}': it is {what}, code that can do anything once run (write files, ...), "
-        f"and --model cannot stand in for it; {_TRUST_HINT}, or save its state_dict() instead and load that with "
-        "--model, which runs nothing from the file"
+        f"and {_model()} cannot stand in for it; {_trust_hint()}, or save its state_dict() instead and load that "
+        f"with {_model()}, which runs nothing from the file"
     )
 
 
@@ -407,13 +442,16 @@ def _load_safetensors(path: Path) -> _Weights:
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
-    """``torch.load`` on CPU, weights-only unless trusted, with its many failure modes turned into one line."""
+    """``torch.load`` on CPU, weights-only unless trusted (then classes are found in the current folder too, as
+    ``--model`` specs are), with its many failure modes turned into one line."""
+    if trust:
+        current_folder_on_path()
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except ImportError as err:
         raise CheckpointError(
             f"checkpoint '{path}' needs Python code that cannot be imported ({_first_line(err)}); install or "
-            "put on PYTHONPATH the package that saved it"
+            "put on PYTHONPATH (or in the current folder) the package that saved it"
         ) from err
     except _READ_ERRORS as err:
         refused = _refusal(path, str(err)) if isinstance(err, pickle.UnpicklingError) and not trust else None
@@ -444,7 +482,7 @@ def _refusal(path: Path, message: str) -> CheckpointError | None:
     return CheckpointError(
         f"refused to load checkpoint '{path}': it is pickled with protocol {max(p for p, _, _ in scans)}, whose "
         f"{pickletools.code2op[opcode].name} opcode the safe weights-only loader cannot read (only the full "
-        f"unpickler, which can run code, reads it; or re-save it with torch.save's default protocol); {_TRUST_HINT}"
+        f"unpickler, which can run code, reads it; or re-save it with torch.save's default protocol); {_trust_hint()}"
     )
 
 
@@ -452,7 +490,7 @@ def _needs_code(path: Path, names: str) -> CheckpointError:
     """The error for a pickle that references callables (``names``) the weights-only loader does not allow."""
     return CheckpointError(
         f"refused to load checkpoint '{path}': unpickling it would run code ({names}), which the safe weights-only "
-        f"loader does not allow; {_TRUST_HINT}"
+        f"loader does not allow; {_trust_hint()}"
     )
 
 
@@ -597,12 +635,14 @@ def _check_is_state_dict(obj: Any, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- key matching
 
 
-def _load_state_dict(model: nn.Module, state_dict: Mapping[str, Any], path: Path, spec: str) -> None:
-    """Copy the checkpoint's tensors into ``model`` after checking keys, types and shapes ourselves."""
+def _load_state_dict(model: nn.Module, state_dict: Mapping[str, Any], path: Path, spec: str,
+                     fix: str | None = None) -> None:
+    """Copy the checkpoint's tensors into ``model`` after checking keys, types and shapes ourselves; ``fix`` is
+    what a mismatch tells the user to do (by default: check the model options)."""
     expected = model.state_dict()
     removed, state = _match_keys(state_dict, expected)
-    _check_keys(state, expected, path, spec, removed)
-    _check_values(state, expected, path, spec)
+    _check_keys(state, expected, path, spec, removed, fix)
+    _check_values(state, expected, path, spec, fix)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:  # anything our checks did not foresee (sparse, meta or quantized tensors, ...)
@@ -648,7 +688,8 @@ def _prefixes(keys: Mapping[str, Any], wanted: set[str]) -> list[str]:
     return list(found)
 
 
-def _check_keys(state: Mapping[str, Any], expected: Mapping[str, Any], path: Path, spec: str, removed: str) -> None:
+def _check_keys(state: Mapping[str, Any], expected: Mapping[str, Any], path: Path, spec: str, removed: str,
+                fix: str | None = None) -> None:
     """Raise naming the missing and unexpected keys, if any."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -660,13 +701,12 @@ def _check_keys(state: Mapping[str, Any], expected: Mapping[str, Any], path: Pat
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected key(s) {_listing([repr(k) for k in unexpected])}")
     reading = f" (reading its keys without the prefix {removed})" if removed else ""
-    raise CheckpointError(
-        f"checkpoint '{path}' does not fit model {spec!r}{reading}: {' and '.join(parts)}; check that --model and "
-        "--model-kwargs build the architecture that was trained"
-    )
+    fix = fix or f"check that {_model()} and {option('model_kwargs')} build the architecture that was trained"
+    raise CheckpointError(f"checkpoint '{path}' does not fit model {spec!r}{reading}: {' and '.join(parts)}; {fix}")
 
 
-def _check_values(state: Mapping[str, Any], expected: Mapping[str, Any], path: Path, spec: str) -> None:
+def _check_values(state: Mapping[str, Any], expected: Mapping[str, Any], path: Path, spec: str,
+                  fix: str | None = None) -> None:
     """Raise naming the entries that are not tensors, or whose shape differs from the model's."""
     not_tensors = [f"{k!r} ({type(state[k]).__name__})" for k, v in expected.items()
                    if isinstance(v, torch.Tensor) and not isinstance(state[k], torch.Tensor)]
@@ -680,7 +720,7 @@ def _check_values(state: Mapping[str, Any], expected: Mapping[str, Any], path: P
     if mismatched:
         raise CheckpointError(
             f"checkpoint '{path}' does not fit model {spec!r}: {len(mismatched)} shape mismatch(es) "
-            f"{_listing(mismatched)}; check --model-kwargs (e.g. layer sizes)"
+            f"{_listing(mismatched)}; {fix or 'check ' + option('model_kwargs') + ' (e.g. layer sizes)'}"
         )
 
 
@@ -755,13 +795,18 @@ def _write_atomically(path: Path, payload: dict) -> None:
 
 
 def _info(path: Path, fmt: str, step: int | None) -> CheckpointInfo:
-    """Provenance of a checkpoint file; the step falls back to the last integer in the file name."""
+    """Provenance of a checkpoint file (of a save_pretrained folder: its weight files); the step falls back to the
+    last integer in the file name."""
     name = _short_name(path)
     step = step if step is not None else _step_from_name(name)
-    return CheckpointInfo(str(path.absolute()), name, fmt, path.stat().st_size, file_sha256(path), step)
+    size = sum(f.stat().st_size for f in hf.weight_files(path)) if path.is_dir() else path.stat().st_size
+    return CheckpointInfo(str(path.absolute()), name, fmt, size, file_sha256(path), step)
 
 
 def file_sha256(path: Path) -> str:
+    """The sha256 of a checkpoint file, or of a save_pretrained folder's weight files (:func:`hf.folder_sha256`)."""
+    if path.is_dir():
+        return hf.folder_sha256(path)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

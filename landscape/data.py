@@ -1,4 +1,5 @@
-"""Data for the analyses: built-in data sets, files (.npz, .pt, .h5) and user callables, by one spec string.
+"""Data for the analyses: built-in data sets, files (.npz, .pt, .h5), token files and user callables, by one spec
+string.
 
 ``load_data(spec)`` accepts
 
@@ -7,6 +8,9 @@
 - a file by suffix: ``.npz`` or ``.h5``/``.hdf5`` with arrays ``X`` and ``y``, or ``.pt``/``.pth`` holding a dict
   ``{"X": tensor, "y": tensor}`` or a ``TensorDataset`` of two tensors (loaded with ``weights_only=True``);
   arrays ``X_<split>``/``y_<split>`` select a split;
+- token data for language models (:mod:`landscape.tokens`): integer sequences (N, T) in ``.npy`` or as ``X`` in a
+  ``.npz`` without ``y``, or a flat token stream (``.bin`` of uint16 tokens, 1-D ``.npy``) cut into ``seq_len``
+  windows; memory-mapped files are read one batch at a time;
 - ``package.module:function``, called with no arguments, returning ``(X, y)`` tensors, a map-style ``Dataset``
   whose items are ``(x, y)`` pairs, or a ``DataLoader`` (used as is).
 """
@@ -25,9 +29,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
 
-from landscape.errors import DataError, OptionError
+from landscape.errors import DataError, OptionError, option
 from landscape.operators.batches import checked_batches, is_single_batch
 from landscape.specs import import_callable
+from landscape.tokens import STREAM_BATCH_SIZE, TOKEN_SUFFIXES, TokenArray, TokenBatches, as_tokens, is_token_npz, \
+    read_tokens
 
 SPLITS = ("train", "test", "all")
 FILE_SUFFIXES = (".npz", ".pt", ".pth", ".h5", ".hdf5")
@@ -40,12 +46,13 @@ _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 class LoadedData:
     """Data ready for an analysis, with what is known about it for the provenance record."""
 
-    batches: Any  # one (X, y) tuple, a list of (X, y) batches, or a DataLoader
+    batches: Any  # one (X, y) tuple, a list of (X, y) batches, a DataLoader, or TokenBatches read from disk
     num_samples: int
     spec: str  # the spec as given
     description: str  # e.g. "digits[train], 1438 samples"
-    num_classes: int | None  # max label + 1 for integer labels held in memory, else None
-    task: str  # "classification" (integer labels), "regression" (float targets) or "unknown" (lazily loaded)
+    num_classes: int | None  # max label (token) + 1 for integer labels (tokens) held in memory, else None
+    task: str  # "classification" (integer labels), "regression" (float targets), "language-model" (token data)
+    # or "unknown" (lazily loaded)
 
 
 def digits(split: str = "train", *, test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,18 +136,28 @@ def load_data(
     batch_size: int | None = None,
     subset: int | None = None,
     seed: int = 0,
+    seq_len: int | None = None,
 ) -> LoadedData:
     """Load the data named by ``spec`` (a built-in name, a file or ``package.module:function``).
 
-    ``subset=N`` keeps N samples drawn without replacement with ``seed`` (kept in data order). ``batch_size``
-    splits the samples into consecutive batches; ``None`` (or at least N) keeps them as one ``(X, y)`` batch.
-    A ``DataLoader`` from a function is used as is, so ``subset`` and ``batch_size`` are refused for it.
+    ``subset=N`` keeps N samples (token sequences) drawn without replacement with ``seed`` (kept in data order).
+    ``batch_size`` splits the samples into consecutive batches; ``None`` (or at least N) keeps them as one
+    ``(X, y)`` batch. A ``DataLoader`` from a function is used as is, so ``subset`` and ``batch_size`` are refused
+    for it. ``seq_len`` cuts a flat token stream into windows of that many tokens (and applies to nothing else);
+    a memory-mapped token stream, or memory-mapped sequences given a ``batch_size``, become :class:`TokenBatches`
+    read from disk batch by batch (``STREAM_BATCH_SIZE`` sequences each for a stream without a ``batch_size``).
     """
     _check_split(split)
     if batch_size is not None and batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
     if subset is not None and subset < 1:
         raise OptionError(f"subset must be at least 1 sample, got {subset}")
+    suffix = Path(spec).suffix.lower()
+    if suffix in TOKEN_SUFFIXES or (suffix == ".npz" and Path(spec).is_file() and is_token_npz(spec)):
+        return _from_tokens(spec, read_tokens(spec, split, seq_len), split, batch_size, subset, seed)
+    if seq_len is not None:
+        raise OptionError(f"{option('seq_len')} cuts a token stream (.bin, or a 1-D .npy) into sequences; it does "
+                          f"not apply to {spec}")
     if spec in BUILTIN_DATA:
         X, y = BUILTIN_DATA[spec](split=split)
         return _from_tensors(spec, X, y, [split], batch_size, subset, seed)
@@ -151,8 +168,8 @@ def load_data(
         return _from_callable(spec, split, batch_size, subset, seed)
     raise DataError(
         f"unknown data spec {spec!r}: expected a built-in ({', '.join(BUILTIN_DATA)}), a file ending in "
-        f"{', '.join(FILE_SUFFIXES)} with arrays X and y, or 'package.module:function' returning a Dataset or "
-        "DataLoader"
+        f"{', '.join(FILE_SUFFIXES)} with arrays X and y, token data (.npy, .bin), or 'package.module:function' "
+        "returning a Dataset or DataLoader"
     )
 
 
@@ -254,6 +271,27 @@ def _batched(X: torch.Tensor, y: torch.Tensor, batch_size: int | None) -> Any:
     if batch_size is None or batch_size >= len(X):
         return X, y
     return list(zip(X.split(batch_size), y.split(batch_size)))
+
+
+# -------------------------------------------------------------------------------------------------- token data
+
+
+def _from_tokens(spec: str, tokens: TokenArray, split: str, batch_size: int | None, subset: int | None,
+                 seed: int) -> LoadedData:
+    """Token sequences as ``(tokens, tokens)`` batches: read from the memory-mapped file batch by batch for a stream
+    or when batched, else held in memory."""
+    tags, rows, index = [split, *tokens.tags], tokens.rows, None
+    if subset is not None:
+        tags.append(_subset_tag(subset, len(rows), seed))
+        index = _subset_index(len(rows), subset, seed, spec).numpy()
+    count = len(rows) if index is None else len(index)
+    if tokens.mapped and (tokens.stream or batch_size is not None):
+        size = batch_size or STREAM_BATCH_SIZE
+        batches = TokenBatches(rows, size, spec, index)
+        return LoadedData(batches, count, spec, _describe(spec, tags, count, size), None, "language-model")
+    X = as_tokens(rows if index is None else rows[index], spec)
+    return LoadedData(_batched(X, X, batch_size), count, spec, _describe(spec, tags, count, batch_size),
+                      int(X.max()) + 1, "language-model")
 
 
 # ------------------------------------------------------------------------------------------------------- files

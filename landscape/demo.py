@@ -22,7 +22,7 @@ from landscape.checkpoints import load_checkpoint
 from landscape.compare import flatness_table
 from landscape.data import load_data
 from landscape.devices import check_device
-from landscape.errors import OptionError
+from landscape.errors import OptionError, option
 from landscape.models import mlp
 from landscape.plot.compare import plot_compare
 from landscape.plot.curvature import plot_curvature
@@ -140,12 +140,12 @@ def run_demo(out: Optional[Path] = None, settings: DemoSettings = DemoSettings()
     check_grid_size(grid, grid)
     out = Path(out) if out is not None else new_folder()
     if out.exists() and not out.is_dir():
-        raise OptionError(f"--out {out} is an existing file, not a folder; give a folder (new or existing) for the "
-                          "demo's files")
+        raise OptionError(f"{option('out')} {out} is an existing file, not a folder; give a folder (new or "
+                          "existing) for the demo's files")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OptionError(f"--out {out}: cannot create the folder ({err.strerror})") from None
+        raise OptionError(f"{option('out')} {out}: cannot create the folder ({err.strerror})") from None
     runs = train_all(out, settings, progress, say)
     results = analyse_minima(out, settings, progress, say)
     figures = draw(out, runs, results)

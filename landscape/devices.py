@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from landscape.errors import OptionError
+from landscape.errors import option as option_name
 
 #: device types with a ``torch.<type>`` module that says whether (and how many of) them exist
 ACCELERATORS = ("cuda", "xpu", "mps")
@@ -33,11 +34,12 @@ def _available() -> str:
     return ", ".join(names)
 
 
-def check_device(device: Optional[str], option: str = "--device") -> Optional[str]:
+def check_device(device: Optional[str], option: Optional[str] = None) -> Optional[str]:
     """``device`` unchanged when this machine has it (None, the default CPU, too); else an :class:`OptionError`
-    that names ``option``, what was given and what exists."""
+    that names ``option`` (default ``device``, ``--device`` in the CLI), what was given and what exists."""
     if device is None:
         return None
+    option = option or option_name("device")
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):

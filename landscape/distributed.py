@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from landscape.devices import check_device
-from landscape.errors import OptionError
+from landscape.errors import OptionError, option
 from landscape.operators.distributed import DistributedOperator, local_num_samples, rank_and_size, shard, shard_data
 from landscape.operators.factory import curvature_operator, distributed_curvature_operator
 from landscape.operators.model import ModelOperator
@@ -143,7 +143,7 @@ class Runtime:
         total = len(batch[0])
         if total < self.world_size:
             raise OptionError(f"a batch of {total} samples cannot be split over {self.world_size} processes; "
-                              f"use --batch-size of at least {self.world_size}")
+                              f"use {option('batch_size')} of at least {self.world_size}")
         index = shard(total, self.rank, self.world_size)
         params = [p for p in model.parameters() if p.requires_grad]
         weight = (index.stop - index.start) / total

@@ -1,9 +1,10 @@
-"""Losses by name: cross-entropy, MSE, Cohen et al.'s squared loss, or a user's ``package.module:function``.
+"""Losses by name: cross-entropy, MSE, Cohen et al.'s squared loss, the language models' next-token loss, or a
+user's ``package.module:function``.
 
-Built-in names resolve to the very functions ``F.cross_entropy`` and ``F.mse_loss``, which the Hessian operator's
-fast path recognises by identity. A ``package.module:function`` spec names a *model loss*
-``function(model, batch) -> scalar`` that returns the batch mean; it is wrapped in
-:class:`~landscape.operators.functional.ModelLoss`.
+Built-in names resolve to the very functions ``F.cross_entropy``, ``F.mse_loss`` and
+:func:`~landscape.operators.next_token.next_token`, which the operators' fast paths recognise by identity. A
+``package.module:function`` spec names a *model loss* ``function(model, batch) -> scalar`` that returns the batch
+mean; it is wrapped in :class:`~landscape.operators.functional.ModelLoss`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from landscape.errors import DataError, OptionError
 from landscape.operators.functional import ModelLoss
+from landscape.operators.next_token import next_token
 from landscape.specs import import_callable
 
 
@@ -36,15 +38,18 @@ BUILTIN_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "cross_entropy": F.cross_entropy,
     "mse": F.mse_loss,
     "squared": squared_loss,
+    "next-token": next_token,
+    "next_token": next_token,
 }
-DEFAULT_LOSSES = {"classification": "cross-entropy", "regression": "mse"}
-_CANONICAL_NAMES = ((F.cross_entropy, "cross-entropy"), (F.mse_loss, "mse"), (squared_loss, "squared"))
+DEFAULT_LOSSES = {"classification": "cross-entropy", "regression": "mse", "language-model": "next-token"}
+_CANONICAL_NAMES = ((F.cross_entropy, "cross-entropy"), (F.mse_loss, "mse"), (squared_loss, "squared"),
+                    (next_token, "next-token"))
 
 
 def resolve_loss(spec: str | None, task: str = "classification") -> Callable:
     """The loss named by ``spec``: a built-in name, ``package.module:function`` (a model loss
     ``function(model, batch)`` returning the batch-mean scalar), or ``None`` for the default of ``task``
-    (cross-entropy for classification, MSE for regression).
+    (cross-entropy for classification, MSE for regression, next-token for a language model's token data).
     """
     if spec is None:
         return BUILTIN_LOSSES[_default_name(task)]
@@ -82,8 +87,14 @@ def check_targets(loss: Callable, outputs: torch.Tensor, targets: torch.Tensor) 
     otherwise fail deep inside autograd, or (MSE broadcasting) not at all.
     """
     name = loss_name(loss)
+    if name == "next-token":
+        check_tokens(outputs, targets)
+        return
     if name == "cross-entropy" and outputs.ndim != 2:
-        raise DataError(f"cross-entropy needs model outputs of shape (batch, classes); got {tuple(outputs.shape)}")
+        hint = "; for a language model's (batch, positions, vocabulary) logits use the next-token loss" \
+            if outputs.ndim == 3 else ""
+        raise DataError(f"cross-entropy needs model outputs of shape (batch, classes); got {tuple(outputs.shape)}"
+                        f"{hint}")
     if name == "mse" and not targets.is_floating_point():
         raise DataError("the mse loss needs float targets shaped like the outputs but the data has integer labels; "
                         "use the 'squared' loss (one-hot targets) or 'cross-entropy'")
@@ -112,3 +123,20 @@ def _check_labels(outputs: torch.Tensor, targets: torch.Tensor) -> None:
         if not 0 <= label < classes:
             raise DataError(f"labels out of range: found label {label} but the model has {classes} outputs; "
                             f"labels must lie in [0, {classes})")
+
+
+def check_tokens(logits: torch.Tensor, tokens: torch.Tensor) -> None:
+    """The next-token loss's pairing: logits (B, T, V) for integer tokens (B, T), T >= 2, every token in [0, V)."""
+    if tokens.is_floating_point() or tokens.is_complex():
+        raise DataError(f"the next-token loss needs integer tokens as targets; got {tokens.dtype} targets")
+    if logits.ndim != 3 or tokens.shape != logits.shape[:2]:
+        raise DataError(f"the next-token loss needs logits of shape (batch, positions, vocabulary) for tokens of "
+                        f"shape (batch, positions); got logits of shape {tuple(logits.shape)} for tokens of shape "
+                        f"{tuple(tokens.shape)}")
+    if tokens.shape[1] < 2:
+        raise DataError(f"the next-token loss needs sequences of at least 2 tokens; got {tokens.shape[1]}")
+    vocabulary = logits.shape[2]
+    for token in (int(tokens.min()), int(tokens.max())):
+        if not 0 <= token < vocabulary:
+            raise DataError(f"tokens out of range: found token {token} but the model's vocabulary has {vocabulary} "
+                            f"entries; tokens must lie in [0, {vocabulary})")

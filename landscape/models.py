@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def mlp(sizes: Sequence[int] = (64, 128, 128, 10), activation: str = "tanh") -> nn.Sequential:
@@ -75,5 +77,81 @@ def resnet18(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> nn
     return nn.Sequential(*layers)
 
 
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with separate query, key, value and output projections."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.q = nn.Linear(d_model, d_model)
+        self.k = nn.Linear(d_model, d_model)
+        self.v = nn.Linear(d_model, d_model)
+        self.o = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *lead, t, d = x.shape
+        heads = [p(x).reshape(*lead, t, self.n_heads, d // self.n_heads).transpose(-3, -2)
+                 for p in (self.q, self.k, self.v)]
+        out = F.scaled_dot_product_attention(*heads, is_causal=True)
+        return self.o(out.transpose(-3, -2).reshape(*lead, t, d))
+
+
+class GPTBlock(nn.Module):
+    """A pre-LayerNorm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))`` with a GELU MLP."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, n_heads)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(OrderedDict(fc=nn.Linear(d_model, d_ff), act=nn.GELU(),
+                                             proj=nn.Linear(d_ff, d_model)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """A small GPT-style decoder-only transformer: (B, T) int64 tokens → (B, T, vocab_size) next-token logits.
+
+    Token and learned position embeddings, ``n_layers`` pre-LayerNorm blocks of causal self-attention
+    (``F.scaled_dot_product_attention``) and a GELU MLP, a final LayerNorm and an untied linear head. Weights start
+    as in GPT-2 (normal, std 0.02; zero biases).
+    """
+
+    def __init__(self, vocab_size: int, seq_len: int, d_model: int, n_layers: int, n_heads: int, d_ff: int) -> None:
+        super().__init__()
+        self.seq_len = seq_len
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(seq_len, d_model)
+        self.blocks = nn.ModuleList(GPTBlock(d_model, n_heads, d_ff) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = tokens.shape[-1]
+        if t > self.seq_len:
+            raise ValueError(f"sequence of {t} tokens is longer than the model's seq_len ({self.seq_len})")
+        x = self.tok_emb(tokens) + self.pos_emb(torch.arange(t, device=tokens.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+def gpt(vocab_size: int = 8192, seq_len: int = 256, d_model: int = 256, n_layers: int = 6, n_heads: int = 4,
+        d_ff: int = 1024) -> GPT:
+    """A small GPT-style language model (9.0M parameters at the defaults; ``vocab_size=11, d_model=8, n_layers=1,
+    n_heads=2, d_ff=16`` gives a few hundred, for tests). ``seq_len`` is the number of learned positions."""
+    return GPT(vocab_size, seq_len, d_model, n_layers, n_heads, d_ff)
+
+
 BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "chebyshev": chebyshev_net,
-                                                       "resnet18": resnet18}
+                                                       "resnet18": resnet18, "gpt": gpt}

@@ -5,7 +5,9 @@ Layout (documented in the README)::
     / attrs: format="landscape", format_version, created, modified, landscape/torch/h5py/numpy/python versions
     /checkpoints/<name>/            attrs: the checkpoint's provenance and the analysis settings
         <metric>/                   one result: arrays as datasets, scalars as attributes, attrs["result_type"]
-        layers/<group>/<metric>/    the same per parameter group, attrs["params"] on <group>
+        layers/<group>/<metric>/    the same per parameter block, attrs on <group>: params (names), and for a
+                                    block of landscape analyze --per-layer its slices (Python notation, "" for
+                                    a whole parameter), kind, numel and order (its position in the model)
 
 Every write holds the file's lock (``.NAME.lock`` beside it) and goes to a temporary copy in the same folder that is
 renamed over the target only once complete (see :mod:`landscape.files`), so concurrent writers keep every result,
@@ -38,7 +40,7 @@ import torch
 
 from landscape import files
 from landscape._version import __version__
-from landscape.errors import OptionError, StoreError
+from landscape.errors import OptionError, StoreError, option
 from landscape.files import PathLike
 from landscape.results import CheckpointRecord, FlatnessRow, Result, RunRecord
 
@@ -438,12 +440,13 @@ def write_checkpoint(
     results: Mapping[str, Result],
     *,
     attrs: Mapping[str, Any],
-    layers: Optional[Mapping[str, tuple[list[str], Mapping[str, Result]]]] = None,
+    layers: Optional[Mapping[str, tuple[Union[Sequence[str], Mapping[str, Any]], Mapping[str, Result]]]] = None,
 ) -> str:
     """Add (or replace) one checkpoint's results in an open file; returns the group name used.
 
     ``attrs`` carries provenance (``path`` distinguishes two checkpoints with the same name); ``layers`` maps a
-    parameter group name to (its parameter names, its results). Metrics already stored and not recomputed stay.
+    parameter group name to (its parameter names, or its attributes with the names under ``"params"``, its results).
+    Metrics already stored and not recomputed stay.
     """
     checkpoints = handle.require_group("checkpoints")
     gname = _group_name(checkpoints, name, attrs.get("path"))
@@ -453,9 +456,9 @@ def write_checkpoint(
         if metric in group:
             del group[metric]
         write_result(group.create_group(metric), result)
-    for layer, (names, layer_results) in (layers or {}).items():
+    for layer, (about, layer_results) in (layers or {}).items():
         node = group.require_group("layers").require_group(layer)
-        set_attrs(node, {"params": list(names)})
+        set_attrs(node, dict(about) if isinstance(about, Mapping) else {"params": list(about)})
         for metric, result in layer_results.items():
             if metric in node:
                 del node[metric]
@@ -509,8 +512,8 @@ class RunWriter:
             return
         with files.replacing(self.path, error=StoreError, what=f"run file {self.path}") as temp:
             if self.path.exists():  # checked under the lock: two runs cannot both create it
-                raise StoreError(f"{self.path} already exists; pass --resume to continue that run, or choose another "
-                                 "output file")
+                raise StoreError(f"{self.path} already exists; pass {option('resume')} to continue that run, or "
+                                 "choose another output file")
             with _filling(self.path, temp) as handle:
                 set_attrs(handle.require_group("run"), attrs)
 
@@ -540,7 +543,7 @@ class RunWriter:
             raise
         except (OSError, RuntimeError) as err:
             failure = f"cannot {what} of run file {self.path}: {files.failure_reason(err) or _first_line(err)}"
-            then = ": free some space, then continue the run with --resume" if files.disk_full(err) else ""
+            then = f": free some space, then continue the run with {option('resume')}" if files.disk_full(err) else ""
             raise StoreError(f"{failure}; the records written before are kept{then}") from err
 
     def append(self, table: str, row: Mapping[str, Any]) -> None:
@@ -658,7 +661,7 @@ def _file_rows(path: Path) -> list[FlatnessRow]:
     if run_row is not None:
         rows.append(run_row)
     if not rows:
-        what = "a training run without curvature records (train with --track-every N, N > 0)" if run is not None \
-            else "no training run"
+        what = "no training run" if run is None else \
+            f"a training run without curvature records (train with {option('track_every')} N, N > 0)"
         raise StoreError(f"{path} has nothing to compare: no analysed checkpoints (landscape analyze) and {what}")
     return rows

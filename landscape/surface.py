@@ -33,6 +33,7 @@ from landscape.checkpoints import Checkpoint, checkpoint_provenance, load_checkp
 from landscape.data import LoadedData
 from landscape.devices import dtype_name
 from landscape.errors import CheckpointError, OptionError, ParameterError, StoreError
+from landscape.errors import option as option_name
 from landscape.linalg import lanczos
 from landscape.losses import loss_name
 from landscape.operators.evaluation import Evaluator
@@ -95,9 +96,10 @@ class Directions:
 MAX_GRID_CELLS = 1_000_000
 
 
-def parse_grid(text: str, option: str = "--grid") -> np.ndarray:
+def parse_grid(text: str, option: Optional[str] = None) -> np.ndarray:
     """``"START:STOP:NUM"`` → NUM evenly spaced values from START to STOP (both included), NUM at most
-    :data:`MAX_GRID_CELLS`."""
+    :data:`MAX_GRID_CELLS` (``option`` names the grid in the message; default ``grid``, ``--grid`` in the CLI)."""
+    option = option or option_name("grid")
     hint = f"{option} takes START:STOP:NUM with START < STOP and NUM >= 2, e.g. -1:1:51; got {text!r}"
     parts = str(text).split(":")
     if len(parts) != 3:
@@ -114,8 +116,10 @@ def parse_grid(text: str, option: str = "--grid") -> np.ndarray:
     return np.linspace(start, stop, num)
 
 
-def check_grid_size(x: np.ndarray, y: Optional[np.ndarray] = None, option: str = "--grid") -> None:
-    """Refuse a grid of more than :data:`MAX_GRID_CELLS` cells (``option`` names the grid in the message)."""
+def check_grid_size(x: np.ndarray, y: Optional[np.ndarray] = None, option: Optional[str] = None) -> None:
+    """Refuse a grid of more than :data:`MAX_GRID_CELLS` cells (``option`` names the grid in the message; default
+    ``grid``, ``--grid`` in the CLI)."""
+    option = option or option_name("grid")
     cells = len(x) * (1 if y is None else len(y))
     if cells > MAX_GRID_CELLS:
         shape = f"{len(x)}" if y is None else f"{len(x)}×{len(y)}"
@@ -163,11 +167,12 @@ def random_direction(model: nn.Module, *, seed: int = 0, dims: int = 2, normaliz
     One-dimensional tensors (biases, norm scales) are zeroed (``biases="zero"``) or kept, scaled as a whole tensor
     to θ's norm unless ``normalization="none"``."""
     if normalization not in NORMALIZATIONS:
-        raise OptionError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+        raise OptionError(f"{option_name('normalization')} must be one of {', '.join(NORMALIZATIONS)}, "
+                          f"got {normalization!r}")
     if biases not in BIASES:
-        raise OptionError(f"--biases must be one of {', '.join(BIASES)}, got {biases!r}")
+        raise OptionError(f"{option_name('biases')} must be one of {', '.join(BIASES)}, got {biases!r}")
     if dims not in (1, 2):
-        raise OptionError(f"--dims must be 1 or 2, got {dims}")
+        raise OptionError(f"{option_name('dims')} must be 1 or 2, got {dims}")
     params = [p.detach().to("cpu", torch.float64) for _, p in _trainable(model)]
     gen = torch.Generator().manual_seed(seed)
     directions = []
@@ -186,7 +191,7 @@ def eigen_directions(model: nn.Module, loss: Any, data: Any, k: int = 2, *, dtyp
     """The top ``k`` (1 or 2) eigenvectors of the Hessian of the mean loss over ``data`` (Lanczos, unit length,
     largest eigenvalue first); the eigenvalues go into the description."""
     if k not in (1, 2):
-        raise OptionError(f"--dims must be 1 or 2, got {k}")
+        raise OptionError(f"{option_name('k', '--dims')} must be 1 or 2, got {k}")
     op = HessianOperator(model, loss, data, dtype=dtype, device=device)
     eig = lanczos(op, k, tol=tol, seed=seed, return_vectors=True, progress=progress)
     op.release()
@@ -247,7 +252,9 @@ def _check_resumable(existing: SurfaceResult, fresh: SurfaceResult) -> None:
     if existing.loss.shape != fresh.loss.shape or not (np.allclose(existing.x, fresh.x)
                                                       and np.allclose(existing.y, fresh.y)):
         raise OptionError(f"the stored surface has grid {existing.grid} × {existing.grid_y or '-'}, not "
-                          f"{fresh.grid} × {fresh.grid_y or '-'}; resume with the same --grid, --grid-y and --dims")
+                          f"{fresh.grid} × {fresh.grid_y or '-'}; resume with the same "
+                          f"{option_name('x', '--grid')}, {option_name('y', '--grid-y')} and "
+                          f"{option_name('directions', '--dims')}")
     for name in _SAME:
         old, new = getattr(existing, name), getattr(fresh, name)
         if old is not None and new is not None and old != new:
@@ -281,7 +288,8 @@ def evaluate_surface(
     TorchScript modules refuse ``vmap``).
     """
     if directions.dims == 1 and y is not None:
-        raise OptionError("one direction makes a 1-D surface: give the x grid only (no y grid, no --grid-y)")
+        raise OptionError("one direction makes a 1-D surface: give the x grid only (no y grid, no "
+                          f"{option_name('y', '--grid-y')})")
     if directions.dims == 2 and y is None:
         raise OptionError("two directions make a 2-D surface: give a y grid too")
     check_grid_size(x, y, "the grid")
@@ -370,8 +378,8 @@ def run_surface(
     name, existing = _stored(output, origin.info.path)
     if existing is not None and not resume:
         raise StoreError(f"{output} already holds a surface for {origin.info.path} (checkpoints/{name}/surface, "
-                         f"{existing.missing} of {existing.loss.size} cells left); pass --resume to continue it, "
-                         "or write to another file with -o")
+                         f"{existing.missing} of {existing.loss.size} cells left); pass {option_name('resume')} to "
+                         f"continue it, or write to another file with {option_name('output', '-o')}")
     dims = 1 if y is None else 2
     if kind == "random":
         directions = random_direction(origin.model, seed=seed, dims=dims, normalization=normalization, biases=biases)

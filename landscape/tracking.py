@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from landscape.distributed import LOCAL, Runtime
-from landscape.errors import OptionError
+from landscape.errors import OptionError, option
 from landscape.jacobian import jacobian_norms
 from landscape.linalg import hutchpp, lanczos
 from landscape.linalg.operator import LinearOperator
@@ -39,21 +39,24 @@ class TrackerSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        """Refuse values no record could be made with, before any run file exists (named as the CLI spells them)."""
+        """Refuse values no record could be made with, before any run file exists (named as the caller spells them:
+        ``top_k`` here, ``--track-top-k`` on the command line)."""
         if self.top_k < 1:
-            raise OptionError(f"--track-top-k must be a positive integer, got {self.top_k}")
+            raise OptionError(f"{option('top_k', '--track-top-k')} must be a positive integer, got {self.top_k}")
         if not (self.tol > 0 and math.isfinite(self.tol)):
-            raise OptionError(f"--track-tol must be a positive number, got {self.tol}")
+            raise OptionError(f"{option('tol', '--track-tol')} must be a positive number, got {self.tol}")
         if self.trace_matvecs < 0:
-            raise OptionError(f"--track-trace-matvecs must be 0 (no trace) or more, got {self.trace_matvecs}")
+            raise OptionError(f"{option('trace_matvecs', '--track-trace-matvecs')} must be 0 (no trace) or more, "
+                              f"got {self.trace_matvecs}")
         if self.seed < 0:
-            raise OptionError(f"--seed must be 0 or more, got {self.seed}")
+            raise OptionError(f"{option('seed')} must be 0 or more, got {self.seed}")
 
 
 def _check(settings: TrackerSettings) -> None:
     for kind in (settings.curvature, *settings.also_lambda_max):
         if kind not in CURVATURES:
-            raise OptionError(f"curvature {kind!r} is not one of {', '.join(CURVATURES)} (--curvature, --track-also)")
+            raise OptionError(f"curvature {kind!r} is not one of {', '.join(CURVATURES)} "
+                              f"({option('curvature')}, {option('also_lambda_max', '--track-also')})")
     check_compile(settings.curvature, settings.compile)
 
 

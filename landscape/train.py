@@ -29,12 +29,14 @@ from landscape.checkpoints import build_model, load_training_state, save_checkpo
 from landscape.data import load_data
 from landscape.devices import dtype_name
 from landscape.distributed import LOCAL, Runtime
-from landscape.errors import DataError, LandscapeError, LossError, OptionError
+from landscape.errors import DataError, LandscapeError, LossError, OptionError, option
 from landscape.losses import check_targets, loss_name, resolve_loss
-from landscape.operators.functional import eval_mode
-from landscape.optim.registry import NOT_DATA_PARALLEL, build_optimizer, resolve_hyperparameters, training_step
+from landscape.operators.evaluation import no_grad_unless
+from landscape.operators.functional import ModelLoss, eval_mode
+from landscape.optim.registry import build_optimizer, not_data_parallel, resolve_hyperparameters, training_step
 from landscape.progress import progress_bar
 from landscape.results import TrainResult
+from landscape.tokens import TokenBatches
 from landscape.tracking import CurvatureTracker, TrackerSettings
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -63,20 +65,20 @@ class TrainSettings:
         resolve_hyperparameters(self.optimizer, dict(self.hyperparameters))
         for name in ("steps",):
             if getattr(self, name) < 1:
-                raise OptionError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+                raise OptionError(f"{option(name)} must be a positive integer, got {getattr(self, name)}")
         for name in ("track_every", "save_every", "warmup"):
             if getattr(self, name) < 0:
-                raise OptionError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+                raise OptionError(f"{option(name)} must be 0 or more, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise OptionError(f"--lr must be a positive number, got {self.lr}")
+            raise OptionError(f"{option('lr')} must be a positive number, got {self.lr}")
         if self.seed < 0:
-            raise OptionError(f"--seed must be 0 or more, got {self.seed}")
+            raise OptionError(f"{option('seed')} must be 0 or more, got {self.seed}")
         if not self.divergence_factor > 1:
             raise OptionError(f"divergence_factor must be more than 1, got {self.divergence_factor}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise OptionError(f"--batch-size must be a positive integer, got {self.batch_size}")
+            raise OptionError(f"{option('batch_size')} must be a positive integer, got {self.batch_size}")
         if self.schedule not in SCHEDULES:
-            raise OptionError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise OptionError(f"{option('schedule')} must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
     def as_attrs(self) -> dict[str, Any]:
         attrs = asdict(self)
@@ -103,7 +105,10 @@ def lr_factor(schedule: str, warmup: int, steps: int) -> Callable[[int], float]:
 
 
 def in_memory(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training draws its own batches, so it needs the data as one ``(X, y)`` pair (a list of batches is joined)."""
+    """Training draws its own batches, so it needs the data as one ``(X, y)`` pair (a list of batches is joined,
+    token sequences read from disk are read whole)."""
+    if isinstance(data, TokenBatches):
+        return data.tensors()
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return data[0], data[1]
     if isinstance(data, list) and data:
@@ -180,7 +185,7 @@ class Trainer:
                  device: Optional[str] = None, attrs: Optional[Mapping[str, Any]] = None,
                  runtime: Runtime = LOCAL) -> None:
         if runtime.distributed and settings.optimizer == "sa":
-            raise OptionError(NOT_DATA_PARALLEL)
+            raise OptionError(not_data_parallel())
         self.settings = settings
         self.device = torch.device(device or "cpu")
         self.model = model.to(device=self.device, dtype=dtype)
@@ -271,7 +276,7 @@ class Trainer:
         if not math.isfinite(value) or value > self.settings.divergence_factor * max(self.first_loss, 1e-12):
             raise LossError(f"training diverged at step {self.step}: loss {value:.4g} (first loss "
                             f"{self.first_loss:.4g}); the records so far are in {self.output} and the last good "
-                            f"checkpoint in {self.checkpoint_dir}; lower --lr")
+                            f"checkpoint in {self.checkpoint_dir}; lower {option('lr')}")
 
     def run(self, *, resume: bool = False, trust: bool = False, progress: Optional[bool] = None) -> TrainResult:
         """Train to ``settings.steps`` (or a target), appending records; with ``resume``, from the last checkpoint
@@ -333,22 +338,28 @@ class Trainer:
         return TrainResult(self.step, stop, checkpoint, time.perf_counter() - start)
 
     def _check_pairing(self) -> None:
-        """Run the model and the loss on the first training batch (in eval mode, without gradients) before any file
-        is written, so that a model that does not fit the data, bad labels or a non-finite loss fail in one line."""
+        """Run the model and the loss on the first training batch (in eval mode, without gradients unless the loss
+        is a model loss) before any file is written, so that a model that does not fit the data, bad labels or a
+        non-finite loss fail in one line."""
         inputs, targets = self.X[:self.order.batch_size], self.y[:self.order.batch_size]
         try:
-            with torch.no_grad(), eval_mode(self.model):
-                outputs = self.model(inputs)
-                check_targets(self.loss, outputs, targets)
-                value = self.loss(outputs, targets)
+            with no_grad_unless(self.loss), eval_mode(self.model):
+                if isinstance(self.loss, ModelLoss):
+                    value = self.loss(self.model, (inputs, targets))
+                else:
+                    outputs = self.model(inputs)
+                    check_targets(self.loss, outputs, targets)
+                    value = self.loss(outputs, targets)
         except LandscapeError:
             raise
         except Exception as err:  # the model's or the loss's own code failing on this data: keep the first line
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DataError(f"the model fails on the training data: {first}; check --model, --model-kwargs, --data "
-                            "and --loss") from None
+            raise DataError(f"the model fails on the training data: {first}; check "
+                            f"{option('model_spec', '--model')}, {option('model_kwargs')}, "
+                            f"{option('data_spec', '--data')} and {option('loss_spec', '--loss')}") from None
         if not isinstance(value, torch.Tensor) or value.ndim != 0:
             raise LossError(f"the loss {loss_name(self.loss)} must return a scalar (the batch mean)")
+        value = value.detach()
         if not math.isfinite(float(value)):
             raise LossError(f"the loss is {float(value)} on the first training batch, before any update: the data "
                             "or the model's initial parameters hold NaN/inf")
@@ -365,14 +376,14 @@ class Trainer:
         records after it are dropped; with none yet (the run stopped before its first), training starts again from
         step 0 and every record is dropped (the run's attributes stay)."""
         if not self.output.exists():
-            raise OptionError(f"--resume: there is no run file {self.output} to continue; start the run without "
-                              "--resume")
+            raise OptionError(f"{option('resume')}: there is no run file {self.output} to continue; start the run "
+                              f"without {option('resume')}")
         saved = json.loads(store.read_run(self.output).attrs.get("settings", "{}"))
         mine = json.loads(self.attrs["settings"])
         changed = sorted(k for k in mine if k not in ("steps", "target_loss", "target_accuracy")
                          and saved.get(k) != mine[k])
         if changed:
-            raise OptionError(f"--resume with settings that differ from the run in {self.output}: "
+            raise OptionError(f"{option('resume')} with settings that differ from the run in {self.output}: "
                               f"{', '.join(changed)}; resume with the original options")
         last = latest_checkpoint(self.checkpoint_dir)
         if last is not None:
@@ -395,6 +406,7 @@ def train(
     model_kwargs: Optional[Mapping[str, Any]] = None,
     loss_spec: Optional[str] = None,
     subset: Optional[int] = None,
+    seq_len: Optional[int] = None,
     checkpoint_dir: Optional[str | Path] = None,
     dtype: torch.dtype = torch.float32,
     device: Optional[str] = None,
@@ -406,7 +418,8 @@ def train(
 ) -> TrainResult:
     """Train the model ``model_spec`` names (built with ``model_kwargs``, initialised from ``settings.seed``) on the
     train split of the data ``data_spec`` names (a random ``subset`` of it, chosen with the seed, when given),
-    evaluating its test split when it has one, with the loss ``loss_spec`` names (default: the data's); the run goes
+    evaluating its test split when it has one, with the loss ``loss_spec`` names (default: the data's); ``seq_len``
+    cuts a token stream into sequences of that many tokens (see :func:`~landscape.data.load_data`); the run goes
     to ``output`` and the checkpoints to ``checkpoint_dir`` (see :class:`Trainer`).
 
     ``resume`` continues the run in ``output`` from its last checkpoint (``trust``: allow one that needs code to
@@ -416,8 +429,8 @@ def train(
     if not resume:
         store.check_writable(output)
     model_kwargs = dict(model_kwargs or {})
-    train_data = load_data(data_spec, split="train", subset=subset, seed=settings.seed)
-    test_data = _test_split(data_spec)
+    train_data = load_data(data_spec, split="train", subset=subset, seed=settings.seed, seq_len=seq_len)
+    test_data = _test_split(data_spec, seq_len)
     loss = resolve_loss(loss_spec, train_data.task)
     torch.manual_seed(settings.seed)
     model = build_model(model_spec, model_kwargs)
@@ -431,9 +444,9 @@ def train(
     return trainer.run(resume=resume, trust=trust, progress=progress)
 
 
-def _test_split(spec: str) -> Optional[Any]:
+def _test_split(spec: str, seq_len: Optional[int]) -> Optional[Any]:
     """The data's test split when it has one (else None: files and built-ins without a test split train only)."""
     try:
-        return load_data(spec, split="test").batches
+        return load_data(spec, split="test", seq_len=seq_len).batches
     except (OptionError, DataError):
         return None

@@ -88,6 +88,58 @@ def dense_hessian(
     return H.detach()
 
 
+def double_backward_hessian(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    loss: Callable = nn.functional.cross_entropy,
+    names: Optional[Sequence[str]] = None,
+) -> torch.Tensor:
+    """Dense Hessian of ``loss(model(X), y)`` w.r.t. the named parameters (all by default), flattened in
+    ``named_parameters`` order, by double backward: one ``torch.autograd.grad`` of each gradient entry, under the
+    math attention kernel. The truth for models with a learnable LayerNorm or attention, where ``torch.func.hessian``
+    (and ``jacrev(jacrev)``) give wrong Hessians on torch 2.13 and the fused attention kernels have no second
+    derivative."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    named = dict(model.named_parameters())
+    names = list(named) if names is None else list(names)
+    leaves = [named[n].detach().clone().requires_grad_() for n in names]
+    state = {k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers())}
+    state.update(zip(names, leaves))
+    with sdpa_kernel(SDPBackend.MATH):
+        value = loss(functional_call(model, state, (X,)), y)
+        grads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(value, leaves, create_graph=True)])
+        rows = []
+        for i in range(grads.numel()):
+            row = torch.autograd.grad(grads[i], leaves, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(l) if r is None else r).reshape(-1)
+                                   for r, l in zip(row, leaves)]))
+    return torch.stack(rows).detach()
+
+
+def double_backward_products(model: nn.Module, X: torch.Tensor, y: torch.Tensor, V: torch.Tensor,
+                             loss: Callable = nn.functional.cross_entropy) -> torch.Tensor:
+    """``V @ H`` for the Hessian H of ``loss(model(X), y)`` over all parameters (rows of V flattened in
+    ``named_parameters`` order) by plain double backward under the math attention kernel, one backward per row: the
+    rows of :func:`double_backward_hessian`'s matrix that V selects, for models too large to form it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = [n for n, _ in model.named_parameters()]
+    leaves = [p.detach().clone().requires_grad_() for _, p in model.named_parameters()]
+    state = {k: v.detach() for k, v in model.named_buffers()}
+    state.update(zip(names, leaves))
+    with sdpa_kernel(SDPBackend.MATH):
+        grads = torch.autograd.grad(loss(functional_call(model, state, (X,)), y), leaves, create_graph=True)
+        rows = []
+        for v in V:
+            parts = v.split([l.numel() for l in leaves])
+            dot = sum((g * p.view_as(g)).sum() for g, p in zip(grads, parts))
+            row = torch.autograd.grad(dot, leaves, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(l) if r is None else r).reshape(-1) for r, l in zip(row, leaves)]))
+    return torch.stack(rows).detach()
+
+
 def as_function(model: nn.Module, X: torch.Tensor, names: Optional[Sequence[str]] = None):
     """``flat ↦ model(X)`` over the named parameters (all by default) and the flat starting point."""
     named = dict(model.named_parameters())
@@ -120,6 +172,43 @@ def per_sample_gradients(model: nn.Module, X: torch.Tensor, y: torch.Tensor, los
     for i in range(X.shape[0]):
         value = loss(model(X[i:i + 1]), y[i:i + 1])
         rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(value, list(model.parameters()))]))
+    return torch.stack(rows)
+
+
+def double_backward_ggn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: Callable) -> torch.Tensor:
+    """Jᵀ H_out J over all parameters by plain autograd under the math attention kernel (no ``torch.func``, which is
+    wrong on LayerNorm models): J one backward per output entry, H_out the double-backward Hessian of
+    ``loss(·, y)`` in the outputs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    params = list(model.parameters())
+    with sdpa_kernel(SDPBackend.MATH):
+        out = model(X)
+        flat = out.reshape(-1)
+        J = torch.stack([torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(
+            torch.autograd.grad(flat[i], params, retain_graph=True, allow_unused=True), params)])
+            for i in range(flat.numel())])
+    a = out.detach().requires_grad_()
+    g = torch.autograd.grad(loss(a, y), a, create_graph=True)[0].reshape(-1)
+    H = torch.stack([torch.autograd.grad(g[i], a, retain_graph=True)[0].reshape(-1) for i in range(g.numel())])
+    return J.T @ H @ J
+
+
+def per_token_gradients(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(B·(T−1), n): the gradient of each predicted token's own cross-entropy ``CE(logits[i, t], tokens[i, t+1])``
+    (the rows of the per-token empirical Fisher of a language model), one backward each."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    params = list(model.parameters())
+    rows = []
+    with sdpa_kernel(SDPBackend.MATH):
+        logits = model(tokens)
+        for i in range(tokens.shape[0]):
+            for t in range(tokens.shape[1] - 1):
+                value = nn.functional.cross_entropy(logits[i, t], tokens[i, t + 1])
+                grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+                rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                                       for g, p in zip(grads, params)]))
     return torch.stack(rows)
 
 

@@ -88,7 +88,7 @@ def test_check_device_passes_what_exists_and_names_what_does():
         with pytest.raises(OptionError, match=f"cuda:{torch.cuda.device_count() - 1}"):
             check_device(f"cuda:{torch.cuda.device_count()}")
     else:
-        with pytest.raises(OptionError, match="no CUDA device is available on this machine; use --device cpu"):
+        with pytest.raises(OptionError, match="no CUDA device is available on this machine; use device cpu"):
             check_device("cuda")
 
 

@@ -12,7 +12,7 @@ from landscape import store
 from landscape.cli import compare as cli_compare
 from landscape.cli import main
 from landscape.compare import TABLE_HEADERS, flatness_table
-from landscape.errors import StoreError
+from landscape.errors import StoreError, command_line_names
 from landscape.plot import plot_compare
 from landscape.plot.style import COLUMN_WIDTH
 from landscape.results import source_labels
@@ -46,7 +46,8 @@ def _command(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     cli_compare.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["compare", *argv])
-    return cli_compare.run(args, ["compare", *argv])
+    with command_line_names():  # as landscape.cli.main does: the library's messages name options by their flags
+        return cli_compare.run(args, ["compare", *argv])
 
 
 def test_rows_hold_the_stored_numbers(files):

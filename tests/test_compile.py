@@ -34,9 +34,9 @@ def test_compiled_products_match_dense_and_are_shared(mlp, data, mlp_hessian):
 def test_compile_options_are_checked(mlp, data):
     with pytest.raises(OptionError, match="cannot be compiled"):
         HessianOperator(mlp, mean_ce, data, product="reverse", compile=True)
-    with pytest.raises(OptionError, match="--compile applies to --curvature hessian"):
+    with pytest.raises(OptionError, match="^compile applies to curvature hessian"):
         AnalysisSettings(curvature="ggn", compile=True)
-    with pytest.raises(OptionError, match="--compile applies to --curvature hessian"):
+    with pytest.raises(OptionError, match="^compile applies to curvature hessian"):
         curvature_operator("fisher", mlp, mean_ce, data, compile=True)
-    with pytest.raises(OptionError, match="--compile applies to --curvature hessian"):
+    with pytest.raises(OptionError, match="^compile applies to curvature hessian"):
         CurvatureTracker(mean_ce, data, settings=TrackerSettings(curvature="ggn", compile=True))

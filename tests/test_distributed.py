@@ -257,9 +257,9 @@ def test_data_parallel_refuses_what_it_cannot_split():
     from landscape.train import Trainer, TrainSettings
 
     runtime = Runtime(rank=0, world_size=4)  # no process group is needed to refuse
-    with pytest.raises(OptionError, match="--batch-size of at least 4"):
+    with pytest.raises(OptionError, match="use batch_size of at least 4"):
         runtime.split_batch((torch.zeros(3, 64), torch.zeros(3)), mlp(SIZES))
-    with pytest.raises(OptionError, match="--optimizer sa"):
+    with pytest.raises(OptionError, match="^optimizer sa"):
         Trainer(mlp(SIZES), torch.nn.functional.cross_entropy, (torch.zeros(4, 64), torch.zeros(4).long()), None,
                 TrainSettings(optimizer="sa"), output="unused.h5", runtime=runtime)
 

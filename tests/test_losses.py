@@ -58,7 +58,8 @@ def test_cross_entropy_names_give_the_function_itself(name):
 
 def test_builtin_names():
     assert resolve_loss("mse") is F.mse_loss and resolve_loss("squared") is squared_loss
-    assert set(BUILTIN_LOSSES) == {"cross-entropy", "ce", "cross_entropy", "mse", "squared"}
+    assert set(BUILTIN_LOSSES) == {"cross-entropy", "ce", "cross_entropy", "mse", "squared", "next-token",
+                                   "next_token"}
 
 
 def test_default_loss_follows_the_task():
@@ -69,8 +70,8 @@ def test_default_loss_follows_the_task():
 
 
 def test_unknown_loss_lists_the_choices():
-    with pytest.raises(OptionError, match=r"unknown loss 'hinge': expected one of cross-entropy, .*squared, or "
-                                          r"'package.module:function'"):
+    with pytest.raises(OptionError, match=r"unknown loss 'hinge': expected one of cross-entropy, .*squared, "
+                                          r".*next-token.*, or 'package.module:function'"):
         resolve_loss("hinge")
 
 

@@ -85,12 +85,12 @@ def test_trace_panel_when_a_run_recorded_it(runs):
 def test_ggn_is_drawn_when_recorded_and_required_on_request(runs):
     fig = plot_curvature([runs["no_ggn"]], None, labels=["x"])  # GGN optional by default
     assert not _labelled(fig.axes[0], "x: GGN") and _labelled(fig.axes[0], "x: Hessian")
-    with pytest.raises(StoreError, match="lambda_max_ggn.*--track-also ggn"):
+    with pytest.raises(StoreError, match="lambda_max_ggn.*train with also_lambda_max ggn"):
         plot_curvature([runs["no_ggn"]], None, ggn=True)
 
 
 def test_missing_jacobian_columns_and_bad_arguments_are_clear_errors(runs, tmp_path):
-    with pytest.raises(StoreError, match="jacobian_mean.*--track-jacobian"):
+    with pytest.raises(StoreError, match="jacobian_mean.*train with jacobian to record"):
         plot_curvature([runs["full"], runs["bare"]], tmp_path / "fig")
     assert not (tmp_path / "fig.png").exists()
     with pytest.raises(OptionError, match="labels"):

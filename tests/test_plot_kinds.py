@@ -89,9 +89,9 @@ def test_spectrum_named_checkpoints_and_labels(files):
 
 
 def test_spectrum_without_density_names_the_option(files, tmp_path):
-    with pytest.raises(StoreError, match="run landscape analyze with --metrics density"):
+    with pytest.raises(StoreError, match="run landscape analyze with metrics density"):
         plot_spectrum(files["eigs_only"], tmp_path / "fig")
-    with pytest.raises(StoreError, match="'step_20'.*--metrics density"):
+    with pytest.raises(StoreError, match="'step_20'.* with metrics density"):
         plot_spectrum(files["eigs_only"], None, checkpoints=["step_20"])
     assert not (tmp_path / "fig.png").exists()
 
@@ -147,7 +147,7 @@ def test_sam_window_zooms_both_panels(files):
 
 
 def test_sam_without_projection_names_the_option(files):
-    with pytest.raises(StoreError, match="top_projection.*--track-every"):
+    with pytest.raises(StoreError, match="top_projection.*train with track_every N"):
         plot_sam([files["sam"], files["untracked"]], None)
     with pytest.raises(OptionError, match="labels"):
         plot_sam([files["sam"]], None, labels=["a", "b"])

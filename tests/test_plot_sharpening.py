@@ -77,7 +77,7 @@ def test_custom_labels_and_label_count(runs, tmp_path):
 def test_run_without_curvature_records_is_a_clear_error(tmp_path):
     path = tmp_path / "untracked.h5"
     _train(path, 0.2, steps=5, track_every=0)
-    with pytest.raises(StoreError, match="no curvature records.*--track-every"):
+    with pytest.raises(StoreError, match="no curvature records.*train with track_every N"):
         plot_sharpening([path], tmp_path / "fig")
     with pytest.raises(StoreError, match="does not exist"):
         plot_sharpening([tmp_path / "missing.h5"], tmp_path / "fig")

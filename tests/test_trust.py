@@ -88,7 +88,7 @@ def hostile_toolkit_checkpoint(path: Path, marker: Path, model: nn.Module) -> Pa
 def test_a_spec_read_from_a_file_is_built_only_if_it_is_a_built_in_model(model, tmp_path):
     marker = tmp_path / "pwned"
     path = hostile_toolkit_checkpoint(tmp_path / "hostile.pt", marker, model)
-    refusal(lambda: load_checkpoint(path), "hostile.pt", "'os:system'", "--model", "--trust-checkpoint")
+    refusal(lambda: load_checkpoint(path), "hostile.pt", "'os:system'", "pass model_spec", "pass trust,")
     assert not marker.exists()
     explicit = load_checkpoint(path, model_spec="mlp", model_kwargs=MLP_KWARGS)  # the user's choice: no trust needed
     assert same_weights(explicit.model, model) and not marker.exists()
@@ -101,7 +101,7 @@ def test_a_users_factory_named_by_the_file_needs_model_or_trust(tmp_path):
     net = tiny_net()
     save_checkpoint(tmp_path / "tiny.pt", net, model_spec="ckpt_factories:tiny_net")
     refusal(lambda: load_checkpoint(tmp_path / "tiny.pt"), "'ckpt_factories:tiny_net'", "not a built-in model",
-            "--model", "--trust-checkpoint")
+            "pass model_spec", "pass trust,")
     assert same_weights(load_checkpoint(tmp_path / "tiny.pt", model_spec="ckpt_factories:tiny_net").model, net)
     trusted = load_checkpoint(tmp_path / "tiny.pt", trust=True)
     assert trusted.model_spec == "ckpt_factories:tiny_net" and same_weights(trusted.model, net)
@@ -123,9 +123,9 @@ def test_the_cli_never_runs_a_spec_read_from_a_file(command, model, tmp_path, ca
 def test_a_torchscript_program_runs_only_when_trusted(tmp_path, capsys):
     marker = tmp_path / "written"
     torch.jit.save(torch.jit.script(WritesAFile(str(marker))), str(tmp_path / "program.ts"))
-    message = refusal(lambda: load_checkpoint(tmp_path / "program.ts"), "TorchScript", "--trust-checkpoint",
+    message = refusal(lambda: load_checkpoint(tmp_path / "program.ts"), "TorchScript", "pass trust,",
                       "state_dict")
-    assert "--model cannot stand in" in message
+    assert "model_spec cannot stand in" in message
     out = tmp_path / "r.h5"
     args = ["analyze", tmp_path / "program.ts", "--data", "digits", "--subset", "20", "--metrics", "trace",
             "--trace-matvecs", "2", "-o", out, "--quiet"]
@@ -139,7 +139,7 @@ def test_a_torchscript_program_runs_only_when_trusted(tmp_path, capsys):
 def test_a_torch_export_program_loads_only_when_trusted(model, tmp_path):
     file_name, write, _ = WRITERS["export"]
     write(model, tmp_path / file_name)
-    refusal(lambda: load_checkpoint(tmp_path / file_name), "torch.export program", "--trust-checkpoint")
+    refusal(lambda: load_checkpoint(tmp_path / file_name), "torch.export program", "pass trust,")
     assert load_checkpoint(tmp_path / file_name, trust=True).info.format == "export"
 
 
@@ -161,7 +161,7 @@ def test_a_pickle_that_would_run_a_command_is_reported_as_needing_code(variant, 
     torch.save({"state_dict": model.state_dict(), "hook": RunsCommand(f"touch {marker}")}, path,
                _use_new_zipfile_serialization=zipped, pickle_protocol=protocol)
     refusal(lambda: load_checkpoint(path, model_spec="mlp", model_kwargs=MLP_KWARGS), "refused", "hostile.pt",
-            "run code", SYSTEM, "--trust-checkpoint")
+            "run code", SYSTEM, "pass trust,")
     assert not marker.exists()
 
 
@@ -171,7 +171,7 @@ def test_a_protocol_the_safe_loader_cannot_read_needs_trust_not_corrupt(variant,
     path = tmp_path / "weights.pt"
     torch.save(model.state_dict(), path, _use_new_zipfile_serialization=zipped, pickle_protocol=protocol)
     load = lambda **kw: load_checkpoint(path, model_spec="mlp", model_kwargs=MLP_KWARGS, **kw)  # noqa: E731
-    refusal(load, "weights.pt", f"protocol {protocol}", "--trust-checkpoint")
+    refusal(load, "weights.pt", f"protocol {protocol}", "pass trust,")
     assert same_weights(load(trust=True).model, model)
 
 
@@ -182,7 +182,7 @@ def test_protocol_0_tensors_are_named_as_unreadable_not_corrupt(zipped, model, t
     torch.save(model.state_dict(), path, _use_new_zipfile_serialization=zipped, pickle_protocol=0)
     message = refusal(lambda: load_checkpoint(path, model_spec="mlp", model_kwargs=MLP_KWARGS), "weights.pt",
                       "protocol 0", "trusted or not", "re-save")
-    assert "--trust-checkpoint" not in message
+    assert "pass trust" not in message
 
 
 @pytest.mark.parametrize("protocol", [0, 4])
@@ -196,7 +196,7 @@ def test_a_truncated_pickle_still_says_corrupt(protocol, model, tmp_path):
     path.write_bytes(path.read_bytes()[:cut])
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path, model_spec="mlp", model_kwargs=MLP_KWARGS)
-    assert "corrupt" in str(info.value) and "--trust-checkpoint" not in str(info.value)
+    assert "corrupt" in str(info.value) and "pass trust" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------------- train --resume

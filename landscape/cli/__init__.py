@@ -12,7 +12,7 @@ from landscape._version import __version__
 from landscape.cli import analyze, compare, demo, info, plot, surface, train
 from landscape.cli.options import join_grid_values
 from landscape.devices import check_device
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, command_line_names
 
 #: every command and its module, in the order of ``landscape --help``; each module has ``add_parser(sub)`` and
 #: ``run(args, argv) -> int``
@@ -62,9 +62,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        if getattr(args, "device", None) is not None:  # every command that takes --device: checked before any work
-            args.device = check_device(args.device)
-        return COMMANDS[args.command].run(args, argv)
+        with command_line_names():  # the library's messages name options by their flags
+            if getattr(args, "device", None) is not None:  # every command that takes --device: checked before any work
+                args.device = check_device(args.device)
+            return COMMANDS[args.command].run(args, argv)
     except LandscapeError as err:
         print(f"landscape {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -18,11 +18,15 @@ examples:
   landscape analyze runs/ckpts/ --model mypkg.nets:resnet18 --model-kwargs '{"num_classes": 10}' \\
       --data train.npz --batch-size 512 --metrics eigs,trace --top-k 10 --dtype float64 -o results.h5
   landscape analyze "ckpt_*.pt" --model mlp --data digits --per-layer -o results.h5 --resume
+  landscape analyze my-gpt2/ --data tokens.npy --loss next-token   # a save_pretrained folder (pip install ".[hf]")
+  landscape analyze gpt.pt --data train.bin --seq-len 128 --subset 512 --batch-size 16   # a uint16 token stream
 
 CHECKPOINT may be a file, a folder (every checkpoint file in it) or a quoted glob; several are analysed in order of
 their training step. State dicts need --model; checkpoints written by `landscape train` of a built-in model carry
-their architecture. Nothing in a file runs code unless --trust-checkpoint: TorchScript files and torch.export programs
-(.pt2) need it, and so do pickled objects and a model factory a checkpoint names instead of --model."""
+their architecture, and so does a Hugging Face save_pretrained folder (config.json and weights: one checkpoint,
+built through transformers). Nothing in a file runs code unless --trust-checkpoint: TorchScript files and
+torch.export programs (.pt2) need it, and so do pickled objects, a model factory a checkpoint names instead of
+--model, and a Hugging Face config whose auto_map names code of its own."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=ANALYZE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files, folders or globs")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files, folders or globs; a save_pretrained "
+                   "folder is one checkpoint")
     add_input_arguments(p, exact="the Hessian")
     p.add_argument("--metrics", default="eigs,trace,density", help="comma-separated subset of eigs,trace,density,"
                    "jacobian (default: eigs,trace,density); jacobian: per-sample input-output Jacobian norms and, for "
@@ -55,7 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--density-probes", type=int, default=10, metavar="P", help="SLQ probe vectors (default: 10)")
     p.add_argument("--density-steps", type=int, default=80, metavar="S", help="Lanczos steps per SLQ probe "
                    "(default: 80)")
-    p.add_argument("--per-layer", action="store_true", help="repeat the metrics for each module's parameters")
+    p.add_argument("--per-layer", action="store_true", help="repeat the metrics for each parameter block: each "
+                   "module's parameters, a transformer's embedding, attention query/key/value/output (packed "
+                   "projections split), each MLP layer, norm and head (landscape plot --kind blocks draws them)")
     p.add_argument("--save-vectors", action="store_true", help="store the top eigenvectors too (k × parameters)")
     p.add_argument("--compile", action="store_true", help="run the Hessian-vector product through torch.compile "
                    "(forward-over-reverse): the first products pay seconds to a minute of compilation; worth it for "

@@ -17,29 +17,35 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def add_input_arguments(p: argparse.ArgumentParser, *, exact: str) -> None:
-    """--model, --model-kwargs, --data, --split, --subset, --batch-size, --loss and --trust-checkpoint.
+    """--model, --model-kwargs, --data, --split, --subset, --batch-size, --seq-len, --loss and --trust-checkpoint.
 
     ``exact`` names what is exact under any batching (e.g. "the Hessian"), for --batch-size's help.
     """
     p.add_argument("--model", metavar="SPEC", help="architecture for state dicts: a built-in name (mlp, cnn, "
-                   "chebyshev, resnet18) or package.module:factory (default: what the checkpoint records)")
+                   "chebyshev, resnet18, gpt) or package.module:factory (default: what the checkpoint records; a "
+                   "save_pretrained folder's config.json)")
     p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as a JSON "
                    "object, e.g. '{\"sizes\": [64, 128, 10]}' (default: what the checkpoint records, else none)")
     p.add_argument("--data", required=True, metavar="SPEC", help="a built-in data set (digits, chebyshev, teacher), "
-                   "a .npz/.pt/.h5 file with X and y, or package.module:callable returning (X, y), a Dataset or a "
-                   "DataLoader")
+                   "a .npz/.pt/.h5 file with X and y, token data (integer sequences (N, T) in .npy, or X in a .npz "
+                   "without y; a token stream: .bin of uint16 tokens or a 1-D .npy, with --seq-len), or "
+                   "package.module:callable returning (X, y), a Dataset or a DataLoader")
     p.add_argument("--split", default="train", help="which split of the data: train, test or all (default: train)")
-    p.add_argument("--subset", type=int, metavar="N", help="a random subset of N samples, chosen with --seed "
-                   "(default: every sample)")
+    p.add_argument("--subset", type=int, metavar="N", help="a random subset of N samples (token sequences), chosen "
+                   "with --seed (default: every sample)")
     p.add_argument("--batch-size", type=int, metavar="N", help=f"samples per batch; {exact} is exact for any "
-                   "batching (default: the whole data set in one batch)")
+                   "batching; token files (.npy, .bin) are then read from disk batch by batch (default: the whole data "
+                   "set in one batch; 16 sequences, read from disk, for a token stream)")
+    p.add_argument("--seq-len", type=int, metavar="T", help="tokens per sequence: cuts a token stream (.bin, 1-D "
+                   ".npy) into non-overlapping windows of T tokens (required for a stream)")
     p.add_argument("--loss", metavar="SPEC", help="cross-entropy, mse, squared (Cohen et al.'s ½‖out − onehot‖²), "
-                   "or package.module:callable taking (model, batch) (default: cross-entropy for integer labels, "
-                   "mse for real targets)")
+                   "next-token (a language model's mean cross-entropy of every next-token prediction), or "
+                   "package.module:callable taking (model, batch) (default: cross-entropy for integer labels, "
+                   "mse for real targets, next-token for token data)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that run code from the file: "
-                   "pickled objects, TorchScript and torch.export programs, and a model factory the file names that "
-                   "is not a built-in model (without --model); only for files you trust (default: nothing in a file "
-                   "runs)")
+                   "pickled objects, TorchScript and torch.export programs, a model factory the file names that "
+                   "is not a built-in model (without --model), and a Hugging Face config whose auto_map names code "
+                   "of its own; only for files you trust (default: nothing in a file runs)")
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[Optional[dict], LoadedData, Any]:
@@ -49,7 +55,8 @@ def load_inputs(args: argparse.Namespace) -> tuple[Optional[dict], LoadedData, A
     from landscape.losses import resolve_loss
 
     model_kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else None
-    data = load_data(args.data, split=args.split, batch_size=args.batch_size, subset=args.subset, seed=args.seed)
+    data = load_data(args.data, split=args.split, batch_size=args.batch_size, subset=args.subset, seed=args.seed,
+                     seq_len=args.seq_len)
     return model_kwargs, data, resolve_loss(args.loss, data.task)
 
 

@@ -32,6 +32,8 @@ KINDS = {
     "compare": Kind("compare:plot_compare", "results and run files", False, ()),
     "sam": Kind("sam:plot_sam", "run files", False, ("labels",)),
     "peers": Kind("peers:plot_peers", "benchmark files from scripts/bench_peers.py", False, ()),
+    "blocks": Kind("blocks:plot_blocks", "one results file analysed with --per-layer and density", True,
+                   ("checkpoint",)),
 }
 VIEWS = ("auto", "1d", "contour", "3d")
 
@@ -47,6 +49,9 @@ kinds (FILE is an HDF5 file written by landscape train (a run file) or landscape
   sam         the iterate along the top Hessian eigenvector (SAM's bouncing) and λmax; run files
   peers       error against wall time of landscape and PyHessian, hessian-eigenthings, curvlinops, one panel per
               task; benchmark files from scripts/bench_peers.py
+  blocks      the spectral density of each parameter block (embedding, attention query/key/value/output, MLP,
+              norm, head) side by side, λmax marked, coloured by kind; one results file analysed with --per-layer
+              --metrics eigs,density (--checkpoint picks one; default: the last)
 Without --kind it is guessed from the first FILE: a run file gives sharpening, a results file with a surface gives
 surface, one with a spectral density gives spectrum, a benchmark file (with a /peers group) gives peers.
 
@@ -55,7 +60,8 @@ examples:
   landscape plot results.h5 --kind spectrum --checkpoint step_0 --checkpoint step_5000
   landscape plot gd_0.01.h5 gd_0.02.h5 --kind sharpening --labels "η = 0.01" "η = 0.02" -o figures/eos
   landscape plot sgd.h5 sam.h5 --kind sam -o figures/sam
-  landscape plot results.h5 --kind surface --view contour"""
+  landscape plot results.h5 --kind surface --view contour
+  landscape plot results.h5 --kind blocks -o figures/blocks"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "are written (default: <first FILE's stem>_<kind> in the current folder)")
     p.add_argument("--checkpoint", action="append", metavar="NAME", help="checkpoint of the results file; "
                    "spectrum: repeat for several (default: up to 5 spread over training); surface: the one to draw "
-                   "(default: left to the surface figure)")
+                   "(default: left to the surface figure); blocks: the one to draw (default: the last)")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="legend labels, one per FILE (spectrum: one per "
                    "checkpoint) (default: from the files' settings)")
     p.add_argument("--view", default="auto", metavar="VIEW", help=f"surface only: {', '.join(VIEWS)} (default: auto, "
@@ -131,8 +137,8 @@ def _check_options(kind: str, args: argparse.Namespace, paths: list[Path]) -> No
             raise OptionError(f"--{option} does not apply to --kind {kind}")
     if args.view not in VIEWS:
         raise OptionError(f"unknown --view {args.view!r}; choose from {', '.join(VIEWS)}")
-    if kind == "surface" and args.checkpoint is not None and len(args.checkpoint) != 1:
-        raise OptionError(f"--kind surface draws one checkpoint, got --checkpoint {len(args.checkpoint)} times")
+    if kind in ("surface", "blocks") and args.checkpoint is not None and len(args.checkpoint) != 1:
+        raise OptionError(f"--kind {kind} draws one checkpoint, got --checkpoint {len(args.checkpoint)} times")
 
 
 def draw(kind: str, paths: list[Path], output: Path, args: argparse.Namespace) -> None:
@@ -143,6 +149,8 @@ def draw(kind: str, paths: list[Path], output: Path, args: argparse.Namespace) -
         function(paths[0], output, checkpoints=args.checkpoint, labels=args.labels)
     elif kind == "surface":
         function(paths[0], output, checkpoint=args.checkpoint[0] if args.checkpoint else None, view=args.view)
+    elif kind == "blocks":
+        function(paths[0], output, checkpoint=args.checkpoint[0] if args.checkpoint else None)
     elif kind in ("compare", "peers"):
         function(paths, output)
     else:

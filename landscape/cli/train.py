@@ -44,15 +44,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, metavar="SPEC", help="mlp, cnn, chebyshev, resnet18, or "
+    p.add_argument("--model", required=True, metavar="SPEC", help="mlp, cnn, chebyshev, resnet18, gpt, or "
                    "package.module:factory")
     p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for the model factory, as JSON")
-    p.add_argument("--data", required=True, metavar="SPEC", help="digits, chebyshev, teacher, a .npz/.pt/.h5 file "
-                   "or package.module:function (its train split trains, its test split, when there is one, is "
-                   "evaluated)")
-    p.add_argument("--subset", type=int, metavar="N", help="train on a seeded random subset of N samples")
-    p.add_argument("--loss", metavar="SPEC", help="cross-entropy, mse, squared or package.module:function (default: "
-                   "cross-entropy for integer labels, mse for real targets)")
+    p.add_argument("--data", required=True, metavar="SPEC", help="digits, chebyshev, teacher, a .npz/.pt/.h5 file, "
+                   "token data (.npy sequences, a .bin/.npy token stream with --seq-len) or package.module:function "
+                   "(its train split trains, its test split, when there is one, is evaluated)")
+    p.add_argument("--subset", type=int, metavar="N", help="train on a seeded random subset of N samples (token "
+                   "sequences)")
+    p.add_argument("--seq-len", type=int, metavar="T", help="tokens per sequence: cuts a token stream (.bin, 1-D "
+                   ".npy) into non-overlapping windows of T tokens (required for a stream)")
+    p.add_argument("--loss", metavar="SPEC", help="cross-entropy, mse, squared, next-token or "
+                   "package.module:function (default: cross-entropy for integer labels, mse for real targets, "
+                   "next-token for token data)")
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZER_NAMES, help="optimizer (default: sgd)")
     p.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1)")
     p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
@@ -133,6 +137,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], device: Optional[str],
     )
     result = train(args.model, args.data, settings, output=args.output,
                    model_kwargs=parse_model_kwargs(args.model_kwargs), loss_spec=args.loss, subset=args.subset,
+                   seq_len=args.seq_len,
                    checkpoint_dir=args.checkpoint_dir, dtype=DTYPES[args.dtype], device=device, resume=args.resume,
                    trust=args.trust_checkpoint, command=command_line(argv), progress=False if args.quiet else None,
                    runtime=runtime)

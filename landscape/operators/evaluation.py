@@ -14,11 +14,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from landscape.errors import LossError
 from landscape.operators.batches import checked_batches, move_batch
 from landscape.operators.functional import ModelLoss, call_with, eval_mode, evaluate_loss
+from landscape.operators.next_token import next_token, next_token_correct
 from landscape.operators.params import FlatLayout, select_parameters
 
 
@@ -27,9 +28,11 @@ def no_grad_unless(loss: Any) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if isinstance(loss, ModelLoss) else torch.no_grad()
 
 
-def correct_predictions(outputs: torch.Tensor, targets: torch.Tensor) -> Optional[torch.Tensor]:
+def correct_predictions(outputs: torch.Tensor, targets: torch.Tensor, loss: Any = None) -> Optional[torch.Tensor]:
     """The number of correct predictions (a 0-d tensor), or None when the outputs are not class scores for integer
-    labels."""
+    labels; under the next-token ``loss``, the sum of each sequence's accuracy over its predicted tokens."""
+    if loss is next_token:
+        return next_token_correct(outputs, targets)
     if outputs.ndim != 2 or targets.ndim != 1 or targets.is_floating_point():
         return None
     return (outputs.argmax(1) == targets).sum()
@@ -85,13 +88,13 @@ class Evaluator:
             values = [evaluate_loss(self.model, self.loss, self._state([p[j] for p in parts]), batch) for j in range(k)]
             return torch.stack([v.detach() for v in values]), None
         if self.vectorize:
-            outputs = vmap(lambda *ps: functional_call(self.model, self._state(ps), (batch[0],)))(*parts)
+            outputs = vmap(lambda *ps: call_with(self.model, self._state(ps), batch[0]))(*parts)
         else:
             outputs = [call_with(self.model, self._state([p[j] for p in parts]), batch[0]) for j in range(k)]
         losses = torch.stack([self.loss(out, batch[1]) for out in outputs])
         if losses.ndim != 1:
             raise LossError(f"the loss must return a scalar (the batch mean), got shape {tuple(losses.shape[1:])}")
-        right = [correct_predictions(out, batch[1]) for out in outputs]
+        right = [correct_predictions(out, batch[1], self.loss) for out in outputs]
         return losses, (None if right[0] is None else torch.stack(right))
 
 

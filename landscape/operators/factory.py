@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from landscape.errors import OptionError
+from landscape.errors import OptionError, option
 from landscape.operators.distributed import DistributedOperator, shard_data
 from landscape.operators.ggn import FisherOperator, GGNOperator
 from landscape.operators.hessian import HessianOperator
@@ -21,7 +21,7 @@ CURVATURES = ("hessian", "ggn", "fisher", "empirical-fisher")
 def check_compile(kind: str, compile: bool) -> None:
     """``--compile`` compiles the Hessian's product; the other matrices have their own closed-form paths."""
     if compile and kind != "hessian":
-        raise OptionError(f"--compile applies to --curvature hessian, not {kind}")
+        raise OptionError(f"{option('compile')} applies to {option('curvature')} hessian, not {kind}")
 
 
 def curvature_operator(kind: str, model: nn.Module, loss: Any, data: Any, *, params: Optional[Sequence[str]] = None,

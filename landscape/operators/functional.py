@@ -7,6 +7,11 @@ Two kinds of loss are accepted everywhere an operator takes one:
 - a :class:`ModelLoss` wrapping ``fn(model, batch) -> scalar`` for losses that need the model itself (a
   physics-informed residual that differentiates the network in its inputs, a language-model loss that shifts tokens).
 
+Every evaluation here runs attention with kernels that every derivative passes through
+(:mod:`landscape.operators.attention`), so models with ``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``
+or ``nn.TransformerEncoderLayer`` work on every product path with no action from the user; a training step
+(:func:`training_loss`) keeps torch's fused kernels, whose first derivatives are all it needs.
+
 TorchScript modules refuse ``torch.func.functional_call``; their parameters are swapped in and restored instead,
 which supports reverse-mode autograd (the double-backward product) but not the ``torch.func`` transforms.
 """
@@ -19,6 +24,9 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from landscape.operators.attention import differentiable_attention
+from landscape.operators.mse import elementwise_mse
 
 
 class ModelLoss:
@@ -90,8 +98,9 @@ class _Bound(nn.Module):
 
 
 def call_with(model: nn.Module, state: Mapping[str, torch.Tensor], inputs: Any) -> Any:
-    """``model(inputs)`` with its parameters and buffers replaced by ``state``, in eval mode."""
-    with eval_mode(model):
+    """``model(inputs)`` with its parameters and buffers replaced by ``state``, in eval mode, with attention kernels
+    that every derivative passes through (:func:`~landscape.operators.attention.differentiable_attention`)."""
+    with eval_mode(model), differentiable_attention():
         if is_scripted(model):
             with _swapped(model, state):
                 return model(inputs)
@@ -99,12 +108,32 @@ def call_with(model: nn.Module, state: Mapping[str, torch.Tensor], inputs: Any) 
 
 
 def evaluate_loss(model: nn.Module, loss: Callable, state: Mapping[str, torch.Tensor], batch: Any) -> Any:
-    """The loss of one batch with the model's parameters and buffers replaced by ``state``, in eval mode."""
+    """The loss of one batch with the model's parameters and buffers replaced by ``state``, in eval mode (attention
+    as in :func:`call_with`; ``F.mse_loss`` in the form whose forward-over-reverse derivatives work, see
+    :mod:`landscape.operators.mse`)."""
     if not isinstance(loss, ModelLoss):
-        return loss(call_with(model, state, batch[0]), batch[1])
-    with eval_mode(model):
+        outputs = call_with(model, state, batch[0])
+        with elementwise_mse():
+            return loss(outputs, batch[1])
+    with eval_mode(model), differentiable_attention(), elementwise_mse():
         if is_scripted(model):
             with _swapped(model, state):
                 return loss(model, batch)
-        bound = _Bound(model, loss)
-        return functional_call(bound, {f"model.{k}": v for k, v in state.items()}, (batch,))
+        return loss_at(model, loss, state, batch)
+
+
+def loss_at(model: nn.Module, loss: Callable, state: Mapping[str, torch.Tensor], batch: Any) -> Any:
+    """The loss of one batch with the model's parameters and buffers replaced by ``state`` (any subset of them),
+    through ``torch.func.functional_call`` and in the model's current mode, with attention kernels that
+    ``torch.func`` transforms pass through: ``loss(model(X), y)``, or ``loss(model, batch)`` for a
+    :class:`ModelLoss`."""
+    with differentiable_attention():
+        if isinstance(loss, ModelLoss):
+            return functional_call(_Bound(model, loss), {f"model.{k}": v for k, v in state.items()}, (batch,))
+        return loss(functional_call(model, dict(state), (batch[0],)), batch[1])
+
+
+def training_loss(model: nn.Module, loss: Callable, batch: Any) -> Any:
+    """The loss of one batch at the model's own parameters, in its current mode (a training step):
+    ``loss(model(X), y)``, or ``loss(model, batch)`` for a :class:`ModelLoss`."""
+    return loss(model, batch) if isinstance(loss, ModelLoss) else loss(model(batch[0]), batch[1])

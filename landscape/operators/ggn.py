@@ -7,9 +7,10 @@ diagonal over its samples for the Fisher). A product ``G v`` is one Jacobian-vec
 formed. What ``M_b`` is:
 
 - :class:`GGNOperator`: the Hessian of the batch-mean loss with respect to the outputs (``loss(outputs, targets)``);
-  closed forms for ``F.cross_entropy`` (``(diag(p) − ppᵀ)/B`` per sample, ``p = softmax(logits)``), ``F.mse_loss``
-  (``2/(B·C)·I``, C outputs per sample) and the squared loss (``I/B``), autograd's double backward for any other
-  loss. The GGN is positive semi-definite whenever the loss is convex in the outputs.
+  closed forms for ``F.cross_entropy`` (``(diag(p) − ppᵀ)/B`` per sample, ``p = softmax(logits)``), the next-token
+  loss (the same per predicting position, over the B·(T−1) predictions), ``F.mse_loss`` (``2/(B·C)·I``, C outputs
+  per sample) and the squared loss (``I/B``), autograd's double backward for any other loss. The GGN is positive
+  semi-definite whenever the loss is convex in the outputs.
 - :class:`FisherOperator`: the Fisher information of the predictive distribution the loss is the negative
   log-likelihood of (categorical for cross-entropy, Gaussian for MSE and the squared loss), exactly
   (``kind="exact"``, which equals the GGN), by sampled labels (``kind="true"``) or at the data labels
@@ -36,6 +37,7 @@ from landscape.errors import DataError, OptionError
 from landscape.operators import layerwise
 from landscape.operators.functional import ModelLoss, call_with, is_scripted
 from landscape.operators.model import LossFn, ModelOperator
+from landscape.operators.next_token import next_token
 from landscape.operators.params import ParamFilter
 
 PRODUCTS = ("auto", "reverse", "forward")
@@ -74,6 +76,15 @@ class _Softmax(OutputMatrix):
         return (pu - self.p * pu.sum(-1, keepdim=True)).mul_(self.scale)
 
 
+class _NextTokenSoftmax(_Softmax):
+    """The next-token loss's output Hessian for logits (B, T, V): the softmax Hessian of each position t < T−1
+    over the B·(T−1) predictions; zero at the last position, which predicts nothing."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__(logits, 1.0 / (logits.shape[0] * (logits.shape[1] - 1)))
+        self.p[:, -1] = 0
+
+
 class _LossHessian(OutputMatrix):
     """The Hessian of ``loss(outputs, targets)`` in the outputs, by autograd's double backward (any loss)."""
 
@@ -97,7 +108,8 @@ class _LossHessian(OutputMatrix):
 class _Outer(OutputMatrix):
     """``scale · Σ_s r_is r_isᵀ`` per sample i, for output-space gradients ``R`` of shape (S, B, *sample_shape).
 
-    Kept as the S factors when S ≤ C (the outputs per sample), else summed once into B dense C×C blocks.
+    Kept as the S factors when S ≤ C (the outputs per sample), else summed once into B dense C×C blocks. A sample
+    is a batch's row, or one position of it (the next-token Fisher: R of shape (S, B·T, V) for logits (B, T, V)).
     """
 
     def __init__(self, R: torch.Tensor, scale: float) -> None:
@@ -110,7 +122,7 @@ class _Outer(OutputMatrix):
             self.M = torch.einsum("sbc,sbd->bcd", R, R).mul_(scale)
 
     def apply(self, U: torch.Tensor) -> torch.Tensor:
-        k, B = U.shape[0], U.shape[1]
+        k, B = U.shape[0], self.R.shape[1]  # B samples: sequences, or tokens (next-token Fisher)
         flat = U.reshape(k, B, -1)
         if self.dense:
             out = torch.einsum("bcd,kbd->kbc", self.M, flat)
@@ -194,6 +206,8 @@ class GGNOperator(ModelOperator):
 
     def _output_matrix(self, outputs: torch.Tensor, targets: Any) -> OutputMatrix:
         """The Hessian of the batch-mean loss in the outputs: a closed form where one is known to hold."""
+        if self.loss is next_token and _token_targets(outputs, targets):
+            return _NextTokenSoftmax(outputs)
         kind = layerwise.loss_kind(self.loss)
         batch = outputs.shape[0] if outputs.ndim else 1
         if kind == "cross_entropy" and _class_indices(outputs, targets):
@@ -295,7 +309,8 @@ class FisherOperator(GGNOperator):
     (``½‖f − y‖²`` per sample) as a Gaussian ``N(f, I)``, and ``F.mse_loss`` (``‖f − y‖²/C`` per sample for C
     outputs, the mean over them) as the Gaussian ``N(f, (C/2)·I)`` whose negative log-likelihood it is up to a
     constant. Its per-sample Fisher in the outputs is then ``(2/C)·I``, the Hessian of the per-sample loss, just as
-    ``I`` is for the squared loss and ``diag(p) − ppᵀ`` for cross-entropy.
+    ``I`` is for the squared loss and ``diag(p) − ppᵀ`` for cross-entropy. The next-token loss is read as a
+    categorical distribution at each predicted position, each of a batch's B·(T−1) predicted tokens a sample.
 
     ``kind``:
 
@@ -344,13 +359,14 @@ class FisherOperator(GGNOperator):
         self.kind = kind
         self.num_samples = num_samples
         self.seed = seed
-        self.likelihood = None if isinstance(loss, ModelLoss) else layerwise.loss_kind(loss)
+        self.likelihood = None if isinstance(loss, ModelLoss) else \
+            "next_token" if loss is next_token else layerwise.loss_kind(loss)
         if kind != "empirical" and not isinstance(loss, ModelLoss) and self.likelihood is None:
             raise OptionError(
                 f'FisherOperator(kind="{kind}") needs a loss that is a negative log-likelihood it knows: '
-                "F.cross_entropy (categorical), F.mse_loss or landscape.losses.squared_loss (Gaussian), or their "
-                f'nn module forms; got {getattr(loss, "__name__", type(loss).__name__)}. Use kind="empirical" '
-                "or GGNOperator for other losses"
+                "F.cross_entropy or the next-token loss (categorical), F.mse_loss or landscape.losses.squared_loss "
+                f'(Gaussian), or their nn module forms; got {getattr(loss, "__name__", type(loss).__name__)}. '
+                'Use kind="empirical" or GGNOperator for other losses'
             )
         self._draws: Optional[torch.Generator] = None
         super().__init__(model, loss, data, params=params, dtype=dtype, device=device, product=product,
@@ -363,6 +379,8 @@ class FisherOperator(GGNOperator):
     def _output_matrix(self, outputs: torch.Tensor, targets: Any) -> OutputMatrix:
         if outputs.ndim == 0:
             raise DataError("the Fisher needs model outputs with a batch dimension first, got a scalar")
+        if self.likelihood == "next_token":
+            return self._next_token_fisher(outputs, targets)
         batch = outputs.shape[0]
         if self.kind == "empirical":
             return _Outer(self._per_sample_gradients(outputs, targets).unsqueeze(0), 1.0 / batch)
@@ -373,19 +391,46 @@ class FisherOperator(GGNOperator):
             if self.likelihood == "cross_entropy":
                 return _Softmax(outputs, 1.0 / batch)
             return _Scaled(1.0 / batch if self.likelihood == "squared" else 2.0 / outputs.numel())
-        if self._draws is None:
-            self._draws = torch.Generator(device=self.device).manual_seed(self.seed)
         S = self.num_samples
         if self.likelihood == "cross_entropy":
             p = torch.softmax(outputs, dim=-1)
-            labels = torch.multinomial(p, S, replacement=True, generator=self._draws)  # (B, S)
+            labels = torch.multinomial(p, S, replacement=True, generator=self._generator())  # (B, S)
             R = p.unsqueeze(0) - nn.functional.one_hot(labels.T, p.shape[1]).to(p.dtype)
         else:
-            noise = torch.randn((S, *outputs.shape), generator=self._draws, dtype=self.dtype, device=self.device)
+            noise = torch.randn((S, *outputs.shape), generator=self._generator(), dtype=self.dtype,
+                                device=self.device)
             # ŷ = f + σε; the per-sample loss's output gradient is (f − ŷ)/σ² = −ε/σ: σ² = 1 (squared), C/2 (MSE)
             per_sample = outputs[0].numel()
             R = noise if self.likelihood == "squared" else noise.mul_(math.sqrt(2.0 / per_sample))
         return _Outer(R, 1.0 / (batch * S))
+
+    def _generator(self) -> torch.Generator:
+        """The label draws' generator, seeded afresh at every product (see :meth:`_matmat`)."""
+        if self._draws is None:
+            self._draws = torch.Generator(device=self.device).manual_seed(self.seed)
+        return self._draws
+
+    def _next_token_fisher(self, logits: torch.Tensor, tokens: Any) -> OutputMatrix:
+        """The next-token loss's Fisher, each of the B·(T−1) predicted tokens a sample of the categorical
+        ``softmax(logits[i, t])``: ``"exact"`` is the GGN's output Hessian; ``"true"`` draws S tokens per position;
+        ``"empirical"`` takes the data's next tokens (per-token gradients, not per-sequence ones)."""
+        if not _token_targets(logits, tokens):
+            raise DataError("the next-token Fisher needs logits of shape (batch, positions, vocabulary), T >= 2, and "
+                            f"integer tokens (batch, positions) within the vocabulary; got logits of shape "
+                            f"{tuple(logits.shape)}")
+        B, T, V = logits.shape
+        predictions = B * (T - 1)
+        if self.kind == "exact":
+            return _NextTokenSoftmax(logits)
+        if self.kind == "empirical":  # B(T−1) × the batch-mean loss's gradient: each token's own loss gradient
+            R = self._per_sample_gradients(logits, tokens) * (T - 1)
+            return _Outer(R.reshape(1, B * T, V), 1.0 / predictions)
+        S = self.num_samples
+        p = torch.softmax(logits, dim=-1).reshape(B * T, V)
+        labels = torch.multinomial(p, S, replacement=True, generator=self._generator())  # (B·T, S)
+        R = p.unsqueeze(0) - nn.functional.one_hot(labels.T, V).to(p.dtype)
+        R.view(S, B, T, V)[:, :, -1] = 0  # the last position predicts nothing
+        return _Outer(R, 1.0 / (predictions * S))
 
     def _per_sample_gradients(self, outputs: torch.Tensor, targets: Any) -> torch.Tensor:
         """``r_i``: the gradient of sample i's loss in its outputs, B × that of the batch-mean loss."""
@@ -404,6 +449,15 @@ def _class_indices(outputs: torch.Tensor, targets: Any) -> bool:
     if outputs.ndim != 2 or targets.ndim != 1 or targets.shape[0] != outputs.shape[0]:
         return False
     return bool(((targets >= 0) & (targets < outputs.shape[1])).all())
+
+
+def _token_targets(outputs: torch.Tensor, targets: Any) -> bool:
+    """(batch, positions, vocabulary) logits, T >= 2, and one in-range integer token per position."""
+    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.is_complex():
+        return False
+    if outputs.ndim != 3 or targets.shape != outputs.shape[:2] or outputs.shape[1] < 2:
+        return False
+    return bool(((targets >= 0) & (targets < outputs.shape[2])).all())
 
 
 def _same_shape_float(outputs: torch.Tensor, targets: Any) -> bool:

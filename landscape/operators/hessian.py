@@ -7,16 +7,20 @@ batch streaming with exact size weighting, clear failures on NaN).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import nn
 from torch.func import grad, jvp, vmap
 
-from landscape.errors import OptionError
+from landscape.errors import OptionError, option
 from landscape.operators import layerwise
+from landscape.operators.attention import differentiable_attention
 from landscape.operators.functional import eval_mode, is_scripted
+from landscape.operators.kernels import second_order_kernels
 from landscape.operators.model import LossFn, ModelOperator
+from landscape.operators.mse import elementwise_mse
 from landscape.operators.params import ParamFilter
 
 PRODUCTS = ("auto", "layerwise", "reverse", "forward")
@@ -109,7 +113,7 @@ class HessianOperator(ModelOperator):
     def _gradient_graph(self, batch: Any) -> GradientGraph:
         """The gradient of one batch's loss with its graph kept, for differentiating it again."""
         leaves = tuple(p.detach().requires_grad_() for p in self.params)
-        with torch.enable_grad():
+        with torch.enable_grad(), second_order_kernels():
             value = self.batch_loss(leaves, batch)
             self._require_finite(value)
             grads = torch.autograd.grad(value, leaves, create_graph=True, allow_unused=True)
@@ -169,14 +173,22 @@ class HessianOperator(ModelOperator):
 
     def _forward(self, batch: Any, blocks: tuple[torch.Tensor, ...]) -> torch.Tensor:
         product = forward_product if self._compiled is None else self._compiled
+        # Under torch.compile the evaluation's own choices of attention kernel and MSE form are no-ops (tracing sees
+        # no global state change), so they are made here, outside the compiled product.
+        mse = elementwise_mse() if self._compiled is not None else contextlib.nullcontext()
         try:
-            out = product(self, self.params, batch, blocks)
+            with differentiable_attention(), mse:
+                out = product(self, self.params, batch, blocks)
         except Exception as err:  # noqa: BLE001 - compilation failures come in many types; name the option
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if self._compiled is None and isinstance(err, NotImplementedError) and "forward AD" in first:
+                raise OptionError(f'product="forward" needs a forward-mode derivative of every operation of the '
+                                  f'model and loss, and torch has none for one of them ({first}); use '
+                                  'product="reverse"') from err
             if self._compiled is None or self._compiled_once:
                 raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise OptionError(f"torch.compile of the Hessian-vector product failed ({type(err).__name__}: "
-                              f"{first}); run without --compile (compile=False)") from err
+                              f"{first}); run without {option('compile')}") from err
         self._compiled_once = True
         return self._require_finite(out)  # a NaN loss cannot be tested inside jvp/vmap; its products show it
 

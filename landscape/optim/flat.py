@@ -22,8 +22,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import grad, grad_and_value, vmap
 
+from landscape.operators.functional import loss_at
 from landscape.optim.base import Closure, FlatnessOptimizer, check_option, require_closure
 
 Tensors = list[torch.Tensor]
@@ -154,6 +155,7 @@ class SharpnessAwarePerturbation(_PerturbedDescent):
     It needs per-sample gradients, so it takes the ``model`` (whose parameters must be exactly the optimizer's) and
     ``per_sample_loss(output, target)``, called on a batch of one (output of shape (1, ...), target of shape (1, ...));
     any mean-reduced batch loss such as ``torch.nn.functional.cross_entropy`` works, and fᵢ is that loss on sample i.
+    A :class:`~landscape.operators.functional.ModelLoss` ``fn(model, batch)`` is called on the batch of one instead.
 
     ``step((inputs, targets))`` computes all N per-sample gradients at once with ``torch.func.vmap`` (one gradient
     evaluation, memory N × n) and ∇f as their mean; on the perturbed branch one more single-sample gradient at the
@@ -188,7 +190,7 @@ class SharpnessAwarePerturbation(_PerturbedDescent):
         return [names[id(p)] for p in self._params()]
 
     def _batch_loss(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.per_sample_loss(functional_call(self.model, params, (inputs,)), targets)
+        return loss_at(self.model, self.per_sample_loss, params, (inputs, targets))
 
     def _sample_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._batch_loss(params, x.unsqueeze(0), y.unsqueeze(0))

@@ -11,16 +11,20 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from landscape.errors import OptionError
+from landscape.errors import OptionError, option
+from landscape.operators.functional import training_loss
 from landscape.optim.base import FlatnessOptimizer
 from landscape.optim.flat import RandomPerturbation, SharpnessAwarePerturbation
 from landscape.optim.nso import NSO
 from landscape.optim.sam import SAM
 from landscape.optim.sofim import SOFIM
 
-#: Why ``sa`` cannot train data-parallel (its per-sample gradients never pass through ``.grad``).
-NOT_DATA_PARALLEL = ("--optimizer sa computes per-sample gradients itself and cannot average them across processes; "
-                     "run it in one process")
+
+def not_data_parallel() -> str:
+    """Why ``sa`` cannot train data-parallel (its per-sample gradients never pass through ``.grad``)."""
+    return (f"{option('optimizer')} sa computes per-sample gradients itself and cannot average them across "
+            "processes; run it in one process")
+
 
 #: Each name's hyperparameters (besides ``lr``) and their defaults.
 HYPERPARAMETERS: dict[str, dict[str, Any]] = {
@@ -35,7 +39,8 @@ HYPERPARAMETERS: dict[str, dict[str, Any]] = {
 }
 OPTIMIZER_NAMES = tuple(HYPERPARAMETERS)
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``loss(outputs, targets)``, or a :class:`~landscape.operators.functional.ModelLoss` ``fn(model, batch)``.
+Loss = Callable[..., torch.Tensor]
 
 
 def resolve_hyperparameters(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +58,8 @@ def build_optimizer(name: str, model: nn.Module, *, lr: float, seed: Optional[in
                     **options: Any) -> torch.optim.Optimizer:
     """The optimizer ``name`` over ``model``'s trainable parameters.
 
-    ``perturbation_lr`` of RS and SA defaults to ``lr``; SA needs ``loss`` (applied per sample).
+    ``perturbation_lr`` of RS and SA defaults to ``lr``; SA needs ``loss`` (applied per sample; an output loss or a
+    model loss).
     """
     hp = resolve_hyperparameters(name, options)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -93,13 +99,13 @@ def training_step(optimizer: torch.optim.Optimizer, model: nn.Module, loss: Loss
     before = optimizer.num_grad_evals if isinstance(optimizer, FlatnessOptimizer) else 0
     if isinstance(optimizer, SharpnessAwarePerturbation):
         if reduce is not None:
-            raise OptionError(NOT_DATA_PARALLEL)
+            raise OptionError(not_data_parallel())
         value = optimizer.step((inputs, targets))
     else:
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            result = loss(model(inputs), targets)
+            result = training_loss(model, loss, (inputs, targets))
             result.backward()
             return result if reduce is None else reduce(result)
 

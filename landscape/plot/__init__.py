@@ -1,5 +1,6 @@
 """Paper figures from the toolkit's HDF5 files; plotting reads stored results and never recomputes them."""
 
+from landscape.plot.blocks import plot_blocks
 from landscape.plot.compare import plot_compare
 from landscape.plot.curvature import plot_curvature
 from landscape.plot.peers import plot_peers
@@ -35,6 +36,7 @@ __all__ = [
     "load_sharpening_run",
     "new_figure",
     "paper_style",
+    "plot_blocks",
     "plot_compare",
     "plot_curvature",
     "plot_peers",

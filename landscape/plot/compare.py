@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from landscape.errors import StoreError
+from landscape.errors import StoreError, option
 from landscape.files import PathLike
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
 from landscape.results import RUN_NAME, FlatnessRow, source_labels
@@ -67,7 +67,8 @@ def plot_flatness(rows: Sequence[FlatnessRow], output: Optional[PathLike]) -> Fi
     panels = [panel for panel in PANELS if any(_value(row, panel.field) is not None for row in rows)]
     if not panels:
         raise StoreError("nothing to plot: no checkpoint or run has λmax, the trace, the Jacobian norm or a test "
-                         "accuracy (analyze with --metrics eigs,trace,jacobian, or train with --track-every N)")
+                         f"accuracy (analyze with {option('metrics')} eigs,trace,jacobian, or train with "
+                         f"{option('track_every')} N)")
     sources = list(dict.fromkeys(row.source for row in rows))
     colors = {source: COLORS[i % len(COLORS)] for i, source in enumerate(sources)}
     with paper_style():

@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from landscape import store
-from landscape.errors import OptionError, StoreError
+from landscape.errors import OptionError, StoreError, option
 from landscape.files import PathLike
 from landscape.plot.sharpening import (
     _default_labels,
@@ -47,12 +47,13 @@ JACOBIAN_LABEL = "input-output Jacobian\n" r"$\|\partial f(x)/\partial x\|_2$ ov
 TRACE_LABEL = "trace of the {matrix}"
 MATRIX_NAMES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher", "empirical-fisher": "empirical Fisher"}
 
-#: column -> the training option that records it (named in the error when a run lacks the column)
+#: column -> the training option that records it (named in the error when a run lacks the column): its Python
+#: name, its command-line flag and the value it needs
 OPTIONS = {
-    "lambda_max": "--track-every N (N > 0)",
-    "lambda_max_ggn": "--track-also ggn",
-    "jacobian_mean": "--track-jacobian",
-    "jacobian_max": "--track-jacobian",
+    "lambda_max": ("track_every", "--track-every", " N (N > 0)"),
+    "lambda_max_ggn": ("also_lambda_max", "--track-also", " ggn"),
+    "jacobian_mean": ("jacobian", "--track-jacobian", ""),
+    "jacobian_max": ("jacobian", "--track-jacobian", ""),
 }
 
 DASHED = "--"
@@ -88,8 +89,9 @@ class CurvatureRun:
 
 
 def _missing(path: Path, column: str) -> StoreError:
+    name, flag, value = OPTIONS[column]
     return StoreError(f"{path} has no run/curvature/{column} records, which the curvature figure needs; train with "
-                      f"{OPTIONS[column]} to record it")
+                      f"{option(name, flag)}{value} to record it")
 
 
 def load_curvature_run(path: PathLike, *, require_ggn: bool = False) -> CurvatureRun:

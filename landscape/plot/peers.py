@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from landscape import store
-from landscape.errors import OptionError, StoreError
+from landscape.errors import OptionError, StoreError, option
 from landscape.files import PathLike
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
 
@@ -90,7 +90,8 @@ def plot_peers(paths: Union[PathLike, Sequence[PathLike]], output: Optional[Path
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if labels is not None and len(labels) != len(paths):
-        raise OptionError(f"--labels needs one label per file: got {len(labels)} labels for {len(paths)} files")
+        raise OptionError(f"{option('labels')} needs one label per file: got {len(labels)} labels for "
+                          f"{len(paths)} files")
     names = list(labels) if labels is not None else [Path(p).stem for p in paths]
     points = load_peer_points(paths)
     tasks = [t for t in TASK_TITLES if any(p.task == t for p in points)]

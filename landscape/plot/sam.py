@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from landscape import store
-from landscape.errors import OptionError, StoreError
+from landscape.errors import OptionError, StoreError, option
 from landscape.files import PathLike
 from landscape.plot.sharpening import LAMBDA_LABEL, _number, _step_formatter
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
@@ -59,10 +59,10 @@ def load_sam_run(path: PathLike) -> SamRun:
     curvature = record.tables.get("run/curvature", {})
     if len(steps_table.get("top_projection", ())) == 0:
         raise StoreError(f"{path} has no run/top_projection (the iterate along the top Hessian eigenvector), which "
-                         "is recorded once curvature tracking has run; train with --track-every N (N > 0)")
+                         f"is recorded once curvature tracking has run; train with {option('track_every')} N (N > 0)")
     if len(curvature.get("lambda_max", ())) == 0:
-        raise StoreError(f"{path} has no curvature records (no run/curvature/lambda_max); train with --track-every N "
-                         "(N > 0) to record them")
+        raise StoreError(f"{path} has no curvature records (no run/curvature/lambda_max); train with "
+                         f"{option('track_every')} N (N > 0) to record them")
     try:
         settings = json.loads(record.attrs.get("settings") or "{}")
     except (TypeError, json.JSONDecodeError):

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from landscape import store
-from landscape.errors import OptionError, StoreError
+from landscape.errors import OptionError, StoreError, option
 from landscape.files import PathLike
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
 
@@ -60,7 +60,7 @@ def load_sharpening_run(path: PathLike) -> SharpeningRun:
     curvature = record.tables.get("run/curvature", {})
     if "lambda_max" not in curvature or "step" not in curvature or len(curvature["lambda_max"]) == 0:
         raise StoreError(f"{path} has no curvature records (no run/curvature/lambda_max), so there is no λmax to "
-                         "plot; train with --track-every N (N > 0) to record it")
+                         f"plot; train with {option('track_every')} N (N > 0) to record it")
     try:
         settings = json.loads(record.attrs.get("settings") or "{}")
     except (TypeError, json.JSONDecodeError):

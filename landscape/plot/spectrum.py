@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from landscape import store
-from landscape.errors import OptionError, StoreError
+from landscape.errors import OptionError, StoreError, option
 from landscape.files import PathLike
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
 from landscape.results import DensityResult, EigenResult
@@ -75,10 +75,10 @@ def load_spectra(path: PathLike, *, checkpoints: Optional[Sequence[str]] = None,
                     raise StoreError(f"{path} has no checkpoint {name!r}; it has {', '.join(names) or 'none'}")
                 if name not in with_density:
                     raise StoreError(f"checkpoint {name!r} of {path} has no {metric_group} result; run landscape "
-                                     "analyze with --metrics density")
+                                     f"analyze with {option('metrics')} density")
         if not chosen:
             raise StoreError(f"no checkpoint of {path} has a {metric_group} result (a spectral density); run "
-                             "landscape analyze with --metrics density")
+                             f"landscape analyze with {option('metrics')} density")
         loaded = []
         for name in chosen:
             density = _read_group(handle, name, metric_group)
@@ -117,7 +117,7 @@ def plot_spectrum(path: PathLike, output: Optional[PathLike], *, checkpoints: Op
     loaded = load_spectra(path, checkpoints=checkpoints, metric_group=metric_group)
     if len(loaded) > len(COLORS):
         raise OptionError(f"plot_spectrum draws at most {len(COLORS)} checkpoints on one figure, got {len(loaded)}; "
-                          "name fewer with checkpoints= (--checkpoint)")
+                          f"name fewer with {option('checkpoints', '--checkpoint')}")
     if labels is not None and len(labels) != len(loaded):
         raise OptionError(f"plot_spectrum got {len(labels)} labels for {len(loaded)} checkpoints; give one each")
     labels = list(labels) if labels is not None else _default_labels(loaded)
