@@ -53,6 +53,7 @@ class AnalysisSettings:
     curvature: str = "hessian"
     jacobian_outputs: str = "logits"
     compile: bool = False  # torch.compile the Hessian-vector product (forward-over-reverse)
+    max_basis: Optional[int] = None  # most parameter-space vectors Lanczos (and SLQ's reorthogonalization) keep
 
     def __post_init__(self) -> None:
         if self.curvature not in CURVATURES:
@@ -74,6 +75,15 @@ class AnalysisSettings:
                               f"got {self.trace_method!r}")
         if not self.tol >= 0:
             raise OptionError(f"{option('tol')} must be non-negative, got {self.tol}")
+        if self.max_basis is not None and "eigs" in self.metrics and self.max_basis < self.top_k + 2:
+            raise OptionError(f"{option('max_basis')} must be at least {option('top_k')} + 2 = {self.top_k + 2} (the "
+                              f"wanted eigenvectors and two more), got {self.max_basis}")
+
+    @property
+    def reorthogonalize(self) -> bool:
+        """Whether SLQ keeps and reorthogonalizes against each probe's basis (probes × steps vectors): unless that
+        is more than ``max_basis``; without it SLQ keeps three vectors per probe."""
+        return self.max_basis is None or self.density_probes * self.density_steps <= self.max_basis
 
     def as_attrs(self) -> dict[str, Any]:
         """The settings as HDF5-friendly attributes."""
@@ -85,7 +95,8 @@ class AnalysisSettings:
     def fit_to(self, dimension: int) -> tuple["AnalysisSettings", list[str]]:
         """These settings for a curvature matrix of ``dimension`` (the number of trainable parameters): --top-k and
         --density-steps clipped to it (a matrix has no more eigenvalues, nor Lanczos more steps), and a note for each
-        option that was clipped (options of metrics not computed are left alone)."""
+        option that was clipped (options of metrics not computed are left alone), and for a density that --max-basis
+        keeps from reorthogonalizing."""
         changes, notes = {}, []
         options = (("top_k", "eigs", "eigenvalues"), ("density_steps", "density", "Lanczos steps per probe"))
         for name, metric, what in options:
@@ -94,7 +105,14 @@ class AnalysisSettings:
                 changes[name] = dimension
                 notes.append(f"{option(name)} {value} is more than the {dimension} parameters; clipped to "
                              f"{dimension} {what}")
-        return dataclasses.replace(self, **changes), notes
+        fitted = dataclasses.replace(self, **changes)
+        if "density" in self.metrics and not fitted.reorthogonalize:
+            kept = fitted.density_probes * fitted.density_steps
+            notes.append(f"{option('density_probes')} {fitted.density_probes} × {option('density_steps')} "
+                         f"{fitted.density_steps} reorthogonalized would keep {kept} vectors, more than "
+                         f"{option('max_basis')} {self.max_basis}: the density runs without reorthogonalization "
+                         f"({3 * fitted.density_probes} vectors)")
+        return fitted, notes
 
 
 def curvature(
@@ -121,8 +139,8 @@ def curvature(
     op = restrict(op, block, model)
     results: dict[str, Result] = {}
     if "eigs" in settings.metrics:
-        eig = lanczos(op, min(settings.top_k, op.shape[0]), tol=settings.tol, seed=settings.seed,
-                      return_vectors=settings.save_vectors, progress=progress)
+        eig = lanczos(op, min(settings.top_k, op.shape[0]), tol=settings.tol, max_basis=settings.max_basis,
+                      seed=settings.seed, return_vectors=settings.save_vectors, progress=progress)
         results["eigen"] = eig
     if "trace" in settings.metrics:
         results["trace"] = trace(op, settings.trace_matvecs, method=settings.trace_method, seed=settings.seed,
@@ -130,7 +148,7 @@ def curvature(
     if "density" in settings.metrics:
         results["density"] = spectral_density(op, num_probes=settings.density_probes,
                                               num_steps=settings.density_steps, seed=settings.seed,
-                                              progress=progress)
+                                              reorthogonalize=settings.reorthogonalize, progress=progress)
     if "jacobian" in settings.metrics and params is None and runtime.is_writer:
         results["jacobian"] = jacobian(model, data, settings, progress=progress)
     op.release()

@@ -21,7 +21,7 @@ import struct
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from torch import nn
 from torch._weights_only_unpickler import _get_allowed_globals
 
 from landscape import hf
+from landscape.devices import dtype_name
 from landscape.errors import CheckpointError, OptionError, option
 from landscape.files import PathLike, replacing
 from landscape.models import BUILTIN_MODELS
@@ -96,6 +97,7 @@ class CheckpointInfo:
     size: int  # bytes
     sha256: str
     step: int | None  # training step from the contents, else from the file name, else None
+    dtype: str | None = None  # precision of the floating-point tensors as saved ("bfloat16"; "bfloat16+float32")
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ def checkpoint_provenance(checkpoint: Checkpoint) -> dict[str, Any]:
     (spec, kwargs, number of trainable parameters)."""
     info, model = checkpoint.info, checkpoint.model
     return {"path": info.path, "format": info.format, "size": info.size, "sha256": info.sha256, "step": info.step,
+            "saved_dtype": info.dtype,
             "model_spec": checkpoint.model_spec, "model_kwargs": dict(checkpoint.model_kwargs),
             "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
@@ -298,13 +301,14 @@ def load_checkpoint(
         if not trust:
             raise _program_refused(path, kind)
         model = _load_torchscript(path) if kind == "torchscript" else _load_export(path)
-        return Checkpoint(model, _info(path, kind, None), None, {})
+        return Checkpoint(model, _info(path, kind, None, model.state_dict().values()), None, {})
     weights = _load_safetensors(path) if kind == "safetensors" else _unpack(_torch_load(path, trust), path)
     if model_spec is None and weights.model_spec is not None and not trust:
         _check_builtin_spec(weights.model_spec, path)
     spec = model_spec if model_spec is not None else weights.model_spec
     if spec is None and weights.module is not None:
-        return Checkpoint(weights.module, _info(path, weights.format, weights.step), None, {})
+        return Checkpoint(weights.module, _info(path, weights.format, weights.step, weights.state_dict.values()),
+                          None, {})
     if spec is None:
         raise CheckpointError(
             f"checkpoint '{path}' holds only weights (a state dict), not the architecture; pass {_model()} "
@@ -314,7 +318,7 @@ def load_checkpoint(
     kwargs = dict(weights.model_kwargs if use_file_kwargs else model_kwargs or {})
     model = build_model(spec, kwargs)
     _load_state_dict(model, weights.state_dict, path, spec)
-    return Checkpoint(model, _info(path, weights.format, weights.step), spec, kwargs)
+    return Checkpoint(model, _info(path, weights.format, weights.step, weights.state_dict.values()), spec, kwargs)
 
 
 def _load_pretrained(folder: Path, trust: bool) -> Checkpoint:
@@ -327,7 +331,7 @@ def _load_pretrained(folder: Path, trust: bool) -> Checkpoint:
         state.update(weights.state_dict)
     _load_state_dict(model, hf.fit_state_dict(model, state), folder, type(model).__name__,
                      fix="its config.json and weights disagree: re-save the folder with save_pretrained")
-    return Checkpoint(hf.logits_only(model), _info(folder, "huggingface", None), None, {})
+    return Checkpoint(hf.logits_only(model), _info(folder, "huggingface", None, state.values()), None, {})
 
 
 def _check_builtin_spec(spec: str, path: Path) -> None:
@@ -794,13 +798,19 @@ def _write_atomically(path: Path, payload: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------- helpers
 
 
-def _info(path: Path, fmt: str, step: int | None) -> CheckpointInfo:
+def _info(path: Path, fmt: str, step: int | None, tensors: Iterable[Any] = ()) -> CheckpointInfo:
     """Provenance of a checkpoint file (of a save_pretrained folder: its weight files); the step falls back to the
-    last integer in the file name."""
+    last integer in the file name, the saved precision is that of the floating-point ``tensors`` it holds."""
     name = _short_name(path)
     step = step if step is not None else _step_from_name(name)
     size = sum(f.stat().st_size for f in hf.weight_files(path)) if path.is_dir() else path.stat().st_size
-    return CheckpointInfo(str(path.absolute()), name, fmt, size, file_sha256(path), step)
+    return CheckpointInfo(str(path.absolute()), name, fmt, size, file_sha256(path), step, _saved_dtype(tensors))
+
+
+def _saved_dtype(tensors: Iterable[Any]) -> str | None:
+    """The floating-point precisions among ``tensors``, joined by "+" (None without any)."""
+    names = {dtype_name(t.dtype) for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    return "+".join(sorted(names)) or None
 
 
 def file_sha256(path: Path) -> str:

@@ -1,5 +1,5 @@
-"""Which torch device a ``--device`` value names, checked against the devices this machine has; the name a dtype
-is recorded under."""
+"""Which torch device a ``--device`` value names, checked against the devices this machine has; the precision
+computed in by default and the name a dtype is recorded under."""
 
 from __future__ import annotations
 
@@ -56,6 +56,13 @@ def check_device(device: Optional[str], option: Optional[str] = None) -> Optiona
     if parsed.index is not None and parsed.index >= count:
         raise OptionError(f"{option} {device!r}: there is no such device; this machine has {_available()}")
     return device
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision products are computed in when none is asked for: the model's own, except that half
+    precision (a checkpoint saved in bfloat16 or float16) is computed in float32, since Lanczos and the trace
+    estimators lose every digit beyond the third in it."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -31,7 +31,7 @@ from landscape import store
 from landscape.analysis import check_pairing
 from landscape.checkpoints import Checkpoint, checkpoint_provenance, load_checkpoint
 from landscape.data import LoadedData
-from landscape.devices import dtype_name
+from landscape.devices import compute_dtype, dtype_name
 from landscape.errors import CheckpointError, OptionError, ParameterError, StoreError
 from landscape.errors import option as option_name
 from landscape.linalg import lanczos
@@ -281,7 +281,7 @@ def evaluate_surface(
     ``origin + x[i]·d₁ + y[j]·d₂`` (2-D), computed row by row (row i: the cells at ``x[i]``).
 
     The model is never modified: parameters go in through ``torch.func.functional_call``, in eval mode, on
-    ``dtype``/``device`` (default: the model's). ``existing`` resumes a grid: its computed cells are kept and only
+    ``dtype``/``device`` (default: the model's; float32 for a half-precision model). ``existing`` resumes a grid: its computed cells are kept and only
     its NaN cells evaluated (it must describe the same surface: OptionError otherwise). ``on_row(result)`` receives
     the result so far after each row, so a caller can save partial grids. ``vectorize`` evaluates a row's points in
     one ``vmap``ped call (default: on CUDA; on CPU a loop over points was 2-3× faster in our measurements, and
@@ -294,7 +294,7 @@ def evaluate_surface(
         raise OptionError("two directions make a 2-D surface: give a y grid too")
     check_grid_size(x, y, "the grid")
     first = _trainable(model)[0][1]
-    dtype = dtype or first.dtype
+    dtype = dtype or compute_dtype(first.dtype)
     device = torch.device(device) if device is not None else first.device
     if vectorize is None:
         vectorize = device.type == "cuda" and not is_scripted(model)

@@ -60,6 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--density-probes", type=int, default=10, metavar="P", help="SLQ probe vectors (default: 10)")
     p.add_argument("--density-steps", type=int, default=80, metavar="S", help="Lanczos steps per SLQ probe "
                    "(default: 80)")
+    p.add_argument("--max-basis", type=int, metavar="N", help="keep at most N parameter-space vectors: Lanczos "
+                   "restarts from the wanted Ritz vectors when its basis is full (default: max(40, 3·K)), and the "
+                   "density runs without reorthogonalization when P × S is more than N (3·P vectors instead of P·S); "
+                   "each vector is 4 bytes per parameter in float32")
     p.add_argument("--per-layer", action="store_true", help="repeat the metrics for each parameter block: each "
                    "module's parameters, a transformer's embedding, attention query/key/value/output (packed "
                    "projections split), each MLP layer, norm and head (landscape plot --kind blocks draws them)")
@@ -92,6 +96,7 @@ def _analyze(args: argparse.Namespace, argv: Sequence[str], device: Optional[str
         density_probes=args.density_probes, density_steps=args.density_steps, per_layer=args.per_layer,
         dtype=DTYPES[args.dtype], device=device, seed=args.seed, save_vectors=args.save_vectors,
         curvature=args.curvature, jacobian_outputs=args.jacobian_outputs, compile=args.compile,
+        max_basis=args.max_basis,
     )
     model_kwargs, data, loss = load_inputs(args)
     writer = runtime.is_writer

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.func import jvp, vjp, vmap
 
+from landscape.devices import compute_dtype
 from landscape.errors import DataError, OptionError
 from landscape.jacobian.lipschitz import lipschitz_upper_bound
 from landscape.linalg.random import Seed, generator_for, seed_value
@@ -250,7 +251,7 @@ def jacobian_norms(
 
     ``data`` is one ``(X, y)`` pair, a list of pairs or any iterable of batches (a DataLoader); only the inputs are
     used. The model is never modified: a copy of its parameters and buffers in ``dtype`` on ``device`` (by default the
-    model's own) is substituted in eval mode. The maximum of the spectral norms over the data is a lower bound on the
+    model's own, float32 for a half-precision model) is substituted in eval mode. The maximum of the spectral norms over the data is a lower bound on the
     model's Lipschitz constant; with ``lipschitz_bound=True`` the product of the layers' spectral norms (an upper
     bound, for plain ``nn.Sequential`` nets of the layers :func:`landscape.jacobian.lipschitz_upper_bound` accepts)
     is recorded too (any other model raises OptionError; ``"if-supported"`` leaves the bound None for it instead).
@@ -260,7 +261,7 @@ def jacobian_norms(
     _check_options(outputs, frobenius, spectral, method, num_probes, power_iterations, tol, distribution)
     start = time.perf_counter()
     own_dtype, own_device = _model_dtype_device(model)
-    dtype = own_dtype if dtype is None else dtype
+    dtype = compute_dtype(own_dtype) if dtype is None else dtype
     device = own_device if device is None else torch.device(device)
     if not dtype.is_floating_point:
         raise OptionError(f"dtype must be a floating-point type, got {dtype}")

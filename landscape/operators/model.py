@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
+from landscape.devices import compute_dtype
 from landscape.errors import LossError, OptionError
 from landscape.linalg.operator import LinearOperator
 from landscape.operators.batches import checked_batches, is_single_batch, iterate_batches, move_batch
@@ -28,9 +29,10 @@ class ModelOperator(LinearOperator):
     """A curvature operator of a model, a loss and data over the model's selected parameters θ (shared machinery).
 
     Selects the parameters (``params``, see :func:`~landscape.operators.params.select_parameters`), copies them and
-    every other parameter and buffer to ``dtype``/``device`` (the model itself is never modified), caches a single
-    ``(X, y)`` batch on the device, streams any other data batch by batch, and averages the per-batch products
-    weighted by batch size, so the operator is exact for any batching. Subclasses implement
+    every other parameter and buffer to ``dtype``/``device`` (default: the model's, float32 for a model in bfloat16 or
+    float16; the model itself is never modified), caches a single ``(X, y)`` batch on the device, streams any other
+    data batch by batch, and averages the per-batch products weighted by batch size, so the operator is exact for any
+    batching. Subclasses implement
     ``_product(batch, blocks)``: the product of one (already moved) batch with the per-parameter column blocks.
     """
 
@@ -48,7 +50,7 @@ class ModelOperator(LinearOperator):
         named = dict(model.named_parameters())
         first = named[self.names[0]]
         device = torch.device(device) if device is not None else first.device
-        dtype = dtype if dtype is not None else first.dtype
+        dtype = dtype if dtype is not None else compute_dtype(first.dtype)
         if not dtype.is_floating_point:
             raise OptionError(f"dtype must be a floating-point type, got {dtype}")
         self.layout = FlatLayout(named[n].shape for n in self.names)

@@ -82,7 +82,8 @@ class Linear(Function):
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Any:
-    """``F.linear`` through :class:`Linear` when something needs a gradient (else NotImplemented: run as is)."""
-    if not any(t is not None and t.requires_grad for t in (input, weight, bias)):
+    """``F.linear`` through :class:`Linear` for a matrix weight and something that needs a gradient (else
+    NotImplemented: run as is)."""
+    if weight.ndim != 2 or not any(t is not None and t.requires_grad for t in (input, weight, bias)):
         return NotImplemented
     return Linear.apply(input, weight, bias)
