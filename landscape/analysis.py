@@ -15,7 +15,7 @@ from torch import nn
 from landscape import store
 from landscape.checkpoints import Checkpoint, checkpoint_provenance, file_sha256, find_checkpoints, load_checkpoint
 from landscape.data import LoadedData
-from landscape.devices import dtype_name
+from landscape.devices import compute_dtype, dtype_name
 from landscape.distributed import LOCAL, Runtime
 from landscape.errors import LandscapeError, LossError, OptionError, option
 from landscape.jacobian import jacobian_norms
@@ -75,6 +75,8 @@ class AnalysisSettings:
                               f"got {self.trace_method!r}")
         if not self.tol >= 0:
             raise OptionError(f"{option('tol')} must be non-negative, got {self.tol}")
+        if self.max_basis is not None and self.max_basis < 1:
+            raise OptionError(f"{option('max_basis')} must be a positive integer, got {self.max_basis}")
         if self.max_basis is not None and "eigs" in self.metrics and self.max_basis < self.top_k + 2:
             raise OptionError(f"{option('max_basis')} must be at least {option('top_k')} + 2 = {self.top_k + 2} (the "
                               f"wanted eigenvectors and two more), got {self.max_basis}")
@@ -82,7 +84,7 @@ class AnalysisSettings:
     @property
     def reorthogonalize(self) -> bool:
         """Whether SLQ keeps and reorthogonalizes against each probe's basis (probes × steps vectors): unless that
-        is more than ``max_basis``; without it SLQ keeps three vectors per probe."""
+        is more than ``max_basis``; without it SLQ keeps three vectors per probe (about six at the peak)."""
         return self.max_basis is None or self.density_probes * self.density_steps <= self.max_basis
 
     def as_attrs(self) -> dict[str, Any]:
@@ -111,7 +113,7 @@ class AnalysisSettings:
             notes.append(f"{option('density_probes')} {fitted.density_probes} × {option('density_steps')} "
                          f"{fitted.density_steps} reorthogonalized would keep {kept} vectors, more than "
                          f"{option('max_basis')} {self.max_basis}: the density runs without reorthogonalization "
-                         f"({3 * fitted.density_probes} vectors)")
+                         f"(about {6 * fitted.density_probes} vectors at the peak)")
         return fitted, notes
 
 
@@ -175,8 +177,9 @@ def check_pairing(checkpoint: Checkpoint, loss: Any, data: LoadedData) -> None:
     param = next(model.parameters(), None)
     if param is None:
         raise LandscapeError(f"{where}: the model has no parameters")
-    batch = move_batch(first_batch(data.batches), param.device, param.dtype)
-    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    dtype = compute_dtype(param.dtype)  # a half-precision checkpoint is checked as it is computed: in float32
+    batch = move_batch(first_batch(data.batches), param.device, dtype)
+    state = move_batch(dict(model.named_parameters()) | dict(model.named_buffers()), param.device, dtype)
     try:
         with no_grad_unless(loss):
             if not isinstance(loss, ModelLoss):

@@ -8,6 +8,7 @@ A script run as ``python scripts/NAME.py`` finds this module beside it (Python p
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -41,22 +42,25 @@ def load_workload(bench: Path, name: str,
     return model.eval().to(device), (X.to(device), y.to(device))
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> float:
-    """The median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (CUDA synchronised)."""
+def fastest_seconds(calls: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """The fastest of ``repeats`` timed calls of each function, after one untimed call each (CUDA synchronised).
+    The functions take turns, round after round, so a burst of load from other processes slows all of them alike,
+    and the minimum is the figure least disturbed by it."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(warmup):
+    for fn in calls.values():
         fn()
-    sync()
-    times = []
+    best = {name: math.inf for name in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for name, fn in calls.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def fmt_time(seconds: float) -> str:

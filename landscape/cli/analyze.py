@@ -62,8 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: 80)")
     p.add_argument("--max-basis", type=int, metavar="N", help="keep at most N parameter-space vectors: Lanczos "
                    "restarts from the wanted Ritz vectors when its basis is full (default: max(40, 3·K)), and the "
-                   "density runs without reorthogonalization when P × S is more than N (3·P vectors instead of P·S); "
-                   "each vector is 4 bytes per parameter in float32")
+                   "density runs without reorthogonalization when P × S is more than N (about 6·P vectors at the peak "
+                   "instead of P·S); each vector is 4 bytes per parameter in float32")
     p.add_argument("--per-layer", action="store_true", help="repeat the metrics for each parameter block: each "
                    "module's parameters, a transformer's embedding, attention query/key/value/output (packed "
                    "projections split), each MLP layer, norm and head (landscape plot --kind blocks draws them)")

@@ -4,7 +4,7 @@ The reverse product differentiates a batch's gradient graph once more. autograd'
 are correct but slow for the layers that dominate real models: a convolution's computes its weight term as a
 convolution with a batch-sized kernel, a batch normalisation in eval mode runs its training-mode formula, and ReLU,
 GELU and cross-entropy recompute from the primal what the reused graph could keep. While
-:func:`second_order_kernels` is active, ``F.conv1d/2d/3d``, ``F.linear``, eval-mode ``F.batch_norm``, ``F.relu`` /
+:class:`SecondOrderKernels` is active, ``F.conv1d/2d/3d``, ``F.linear``, eval-mode ``F.batch_norm``, ``F.relu`` /
 ``torch.relu``, ``F.gelu`` and ``F.cross_entropy`` (class indices, mean) build custom autograd nodes whose backward
 is itself a node with direct second-order formulas (:mod:`.conv`, :mod:`.linear`, :mod:`.batch_norm`,
 :mod:`.activations`, :mod:`.cross_entropy`); every other call, and any of these with arguments they do not cover,
@@ -33,8 +33,9 @@ REPLACEMENTS: dict[Callable[..., Any], Callable[..., Any]] = {
 }
 
 
-class second_order_kernels(TorchFunctionMode):  # noqa: N801 - used as a context manager, like torch's own modes
-    """Within this block, the layers of :data:`REPLACEMENTS` build nodes with cheap second derivatives."""
+class SecondOrderKernels(TorchFunctionMode):
+    """Within ``with SecondOrderKernels():``, the layers of :data:`REPLACEMENTS` build nodes with cheap second
+    derivatives."""
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
