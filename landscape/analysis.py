@@ -15,7 +15,7 @@ from torch import nn
 from landscape import store
 from landscape.checkpoints import Checkpoint, checkpoint_provenance, file_sha256, find_checkpoints, load_checkpoint
 from landscape.data import LoadedData
-from landscape.devices import compute_dtype, dtype_name
+from landscape.devices import compute_dtype, dtype_name, memory_bytes
 from landscape.distributed import LOCAL, Runtime
 from landscape.errors import LandscapeError, LossError, OptionError, option
 from landscape.jacobian import jacobian_norms
@@ -32,6 +32,9 @@ from landscape.results import CheckpointSummary, Result
 
 METRICS = ("eigs", "trace", "density", "jacobian")
 GROUP_NAMES = {"eigs": "eigen", "trace": "trace", "density": "density", "jacobian": "jacobian"}
+
+#: The share of memory the density's reorthogonalized basis may take before --max-basis is set for it.
+BASIS_MEMORY_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class AnalysisSettings:
                 notes.append(f"{option(name)} {value} is more than the {dimension} parameters; clipped to "
                              f"{dimension} {what}")
         fitted = dataclasses.replace(self, **changes)
+        fitted, capped = fitted._basis_in_memory(dimension)
+        notes += capped
         if "density" in self.metrics and not fitted.reorthogonalize:
             kept = fitted.density_probes * fitted.density_steps
             notes.append(f"{option('density_probes')} {fitted.density_probes} × {option('density_steps')} "
@@ -115,6 +120,23 @@ class AnalysisSettings:
                          f"{option('max_basis')} {self.max_basis}: the density runs without reorthogonalization "
                          f"(about {6 * fitted.density_probes} vectors at the peak)")
         return fitted, notes
+
+    def _basis_in_memory(self, dimension: int) -> tuple["AnalysisSettings", list[str]]:
+        """Without ``max_basis``, the density's reorthogonalized basis (probes × steps vectors of ``dimension``) must
+        fit in a quarter of the memory the vectors live in (:data:`BASIS_MEMORY_SHARE`); when it would not,
+        ``max_basis`` is set to what fits (at least top_k + 2), with a note, so a large model's density runs instead
+        of exhausting memory."""
+        if self.max_basis is not None or "density" not in self.metrics:
+            return self, []
+        vector = dimension * torch.empty((), dtype=compute_dtype(self.dtype)).element_size()
+        budget = memory_bytes(self.device) * BASIS_MEMORY_SHARE
+        needed = self.density_probes * self.density_steps * vector
+        if not budget or needed <= budget:
+            return self, []
+        fits = max(int(budget // vector), self.top_k + 2)
+        note = (f"the density's basis ({self.density_probes} × {self.density_steps} vectors of {dimension} "
+                f"parameters, {needed / 2**30:.1f} GiB) would not fit in memory; {option('max_basis')} set to {fits}")
+        return dataclasses.replace(self, max_basis=fits), [note]
 
 
 def curvature(

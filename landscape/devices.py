@@ -3,6 +3,7 @@ computed in by default and the name a dtype is recorded under."""
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -68,3 +69,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     """The name a dtype is recorded under in results and provenance: ``torch.float32`` → ``"float32"``."""
     return str(dtype).replace("torch.", "")
+
+
+def memory_bytes(device: Optional[str] = None) -> int:
+    """The memory that vectors on ``device`` live in: a CUDA device's total memory, else the machine's physical
+    memory (0 when it cannot be told)."""
+    if device is not None and torch.device(device).type == "cuda":
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
