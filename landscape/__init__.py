@@ -27,6 +27,7 @@ from landscape.linalg import (
     spectral_density,
     trace,
 )
+from landscape.flatness import fisher_rao_norm, relative_flatness, sharpness
 from landscape.jacobian import jacobian_norms, lipschitz_upper_bound
 from landscape.operators import (
     FisherOperator,
@@ -39,6 +40,7 @@ from landscape.results import (
     DiagonalResult,
     EigenResult,
     JacobianResult,
+    SharpnessResult,
     SurfaceResult,
     TraceResult,
 )
@@ -72,6 +74,10 @@ __all__ = [
     "HessianOperator",
     "GGNOperator",
     "FisherOperator",
+    # sharpness and flatness measures of a minimum
+    "sharpness",
+    "fisher_rao_norm",
+    "relative_flatness",
     # Jacobian norms and Lipschitz estimates
     "jacobian_norms",
     "lipschitz_upper_bound",
@@ -90,6 +96,7 @@ __all__ = [
     "DensityResult",
     "DiagonalResult",
     "JacobianResult",
+    "SharpnessResult",
     # errors
     "LandscapeError",
     "CheckpointError",

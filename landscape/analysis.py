@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from landscape import store
+from landscape import flatness, store
 from landscape.checkpoints import Checkpoint, checkpoint_provenance, file_sha256, find_checkpoints, load_checkpoint
 from landscape.data import LoadedData
 from landscape.devices import compute_dtype, dtype_name, memory_bytes
@@ -28,10 +28,19 @@ from landscape.operators.evaluation import fit, no_grad_unless
 from landscape.operators.functional import ModelLoss, call_with, evaluate_loss
 from landscape.operators.factory import CURVATURES, check_compile
 from landscape.param_blocks import Block, model_blocks
-from landscape.results import CheckpointSummary, Result
+from landscape.results import CheckpointSummary, Result, SharpnessResult
 
-METRICS = ("eigs", "trace", "density", "jacobian")
+METRICS = ("eigs", "trace", "density", "jacobian", "sharpness")
+#: The metrics computed unless told otherwise (sharpness takes gradient passes over the data: only when asked).
+DEFAULT_METRICS = ("eigs", "trace", "density", "jacobian")
+#: The group each metric is stored under; sharpness writes one group per measure (:meth:`AnalysisSettings.groups`).
 GROUP_NAMES = {"eigs": "eigen", "trace": "trace", "density": "density", "jacobian": "jacobian"}
+#: The flatness measures of the sharpness metric: their names (as ``--sharpness`` spells them) and their
+#: :class:`~landscape.results.SharpnessResult` kinds.
+SHARPNESS_MEASURES = {"worst": "worst", "average": "average", "fisher-rao": "fisher_rao",
+                      "relative-flatness": "relative_flatness"}
+#: The measures ``adaptive`` applies to (the others are invariant to rescaling as they are).
+ADAPTIVE_KINDS = ("worst", "average")
 
 #: The share of memory the density's reorthogonalized basis may take before --max-basis is set for it.
 BASIS_MEMORY_SHARE = 0.25
@@ -41,7 +50,7 @@ BASIS_MEMORY_SHARE = 0.25
 class AnalysisSettings:
     """What to compute and how; stored with every checkpoint's results."""
 
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
     top_k: int = 5
     tol: float = 1e-6
     trace_matvecs: int = 99
@@ -57,6 +66,13 @@ class AnalysisSettings:
     jacobian_outputs: str = "logits"
     compile: bool = False  # torch.compile the Hessian-vector product (forward-over-reverse)
     max_basis: Optional[int] = None  # most parameter-space vectors Lanczos (and SLQ's reorthogonalization) keep
+    rho: float = 0.05  # radius of the worst- and average-case perturbations
+    sharpness: tuple[str, ...] = ("worst", "average")  # measures of the sharpness metric (SHARPNESS_MEASURES)
+    adaptive: bool = False  # adaptive worst/average sharpness (perturbations scaled by |θ|) instead of the plain
+    sharpness_steps: int = 10  # gradient ascent steps per start of worst-case sharpness
+    sharpness_restarts: int = 3  # starts of worst-case sharpness
+    sharpness_samples: int = 32  # Gaussian draws of average-case sharpness
+    chunk_size: Optional[int] = None  # m of m-sharpness: worst case per m-sample chunk, averaged
 
     def __post_init__(self) -> None:
         if self.curvature not in CURVATURES:
@@ -83,6 +99,41 @@ class AnalysisSettings:
         if self.max_basis is not None and "eigs" in self.metrics and self.max_basis < self.top_k + 2:
             raise OptionError(f"{option('max_basis')} must be at least {option('top_k')} + 2 = {self.top_k + 2} (the "
                               f"wanted eigenvectors and two more), got {self.max_basis}")
+        self._check_sharpness()
+
+    def _check_sharpness(self) -> None:
+        """The sharpness options, with the measures named as ``--sharpness`` spells them (``fisher_rao`` is taken
+        for ``fisher-rao`` too) and stored as their kinds."""
+        names = (self.sharpness,) if isinstance(self.sharpness, str) else tuple(self.sharpness)
+        kinds = [SHARPNESS_MEASURES.get(str(name).replace("_", "-")) for name in names]
+        unknown = [name for name, kind in zip(names, kinds) if kind is None]
+        if unknown or not names:
+            raise OptionError(f"{option('sharpness')} must be a comma-separated subset of "
+                              f"{','.join(SHARPNESS_MEASURES)}, got {', '.join(map(repr, unknown)) or 'nothing'}")
+        object.__setattr__(self, "sharpness", tuple(dict.fromkeys(kinds)))
+        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not (
+                math.isfinite(self.rho) and self.rho > 0):
+            raise OptionError(f"{option('rho')} must be a positive number (the perturbation radius), got {self.rho}")
+        for name in ("sharpness_steps", "sharpness_restarts", "sharpness_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptionError(f"{option(name)} must be a positive integer, got {value}")
+        if self.chunk_size is not None:
+            if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+                raise OptionError(f"{option('chunk_size')} must be a positive integer (the m of m-sharpness), got "
+                                  f"{self.chunk_size}")
+            if "sharpness" in self.metrics and "worst" not in self.sharpness:
+                raise OptionError(f"{option('chunk_size')} (m-sharpness) applies to worst-case sharpness only: add "
+                                  f"worst to {option('sharpness')}")
+
+    def groups(self) -> set[str]:
+        """The names of the groups the requested metrics are stored under (those of :attr:`GROUP_NAMES`, and a
+        ``sharpness_<kind>[_adaptive]`` group per sharpness measure)."""
+        wanted = {GROUP_NAMES[m] for m in self.metrics if m in GROUP_NAMES}
+        if "sharpness" in self.metrics:
+            wanted |= {f"sharpness_{kind}" + ("_adaptive" if self.adaptive and kind in ADAPTIVE_KINDS else "")
+                       for kind in self.sharpness}
+        return wanted
 
     @property
     def reorthogonalize(self) -> bool:
@@ -94,6 +145,7 @@ class AnalysisSettings:
         """The settings as HDF5-friendly attributes."""
         attrs = dataclasses.asdict(self)
         attrs["metrics"] = list(self.metrics)
+        attrs["sharpness"] = list(self.sharpness)
         attrs["dtype"] = dtype_name(self.dtype)
         return attrs
 
@@ -176,6 +228,9 @@ def curvature(
     if "jacobian" in settings.metrics and params is None and runtime.is_writer:
         results["jacobian"] = jacobian(model, data, settings, progress=progress)
     op.release()
+    if "sharpness" in settings.metrics and params is None and runtime.is_writer:
+        for result in sharpness_measures(model, loss, data, settings, progress=progress):
+            results[result.key] = result
     return results
 
 
@@ -183,6 +238,27 @@ def jacobian(model: nn.Module, data: Any, settings: AnalysisSettings, *, progres
     """Per-sample Jacobian norms over the data, with the layer-norm product bound where the architecture allows it."""
     return jacobian_norms(model, data, outputs=settings.jacobian_outputs, lipschitz_bound="if-supported",
                           dtype=settings.dtype, device=settings.device, seed=settings.seed, progress=progress)
+
+
+def sharpness_measures(model: nn.Module, loss: Any, data: Any, settings: AnalysisSettings, *,
+                       progress: Optional[bool] = None) -> list[SharpnessResult]:
+    """Each flatness measure of ``settings.sharpness`` of the whole model over ``data`` (see
+    :mod:`landscape.flatness`): worst- and average-case sharpness at radius ``rho`` (adaptive when asked; worst case
+    per ``chunk_size`` chunk when given), the Fisher-Rao norm, relative flatness; seeded by ``settings.seed``."""
+    common = {"dtype": settings.dtype, "device": settings.device, "progress": progress}
+    results = []
+    for kind in settings.sharpness:
+        if kind in ADAPTIVE_KINDS:
+            results.append(flatness.sharpness(
+                model, loss, data, rho=settings.rho, kind=kind, adaptive=settings.adaptive,
+                steps=settings.sharpness_steps, restarts=settings.sharpness_restarts,
+                samples=settings.sharpness_samples, chunk_size=settings.chunk_size if kind == "worst" else None,
+                seed=settings.seed, **common))
+        elif kind == "fisher_rao":
+            results.append(flatness.fisher_rao_norm(model, loss, data, **common))
+        else:
+            results.append(flatness.relative_flatness(model, loss, data, seed=settings.seed, **common))
+    return results
 
 
 def first_batch(data: Any) -> Any:
@@ -271,7 +347,7 @@ def already_done(output: Path, checkpoint_paths: Iterable[Path], settings: Analy
     """Checkpoint files whose results (same sha256, every requested metric) the output file already holds."""
     if not output.exists():
         return set()
-    wanted = {GROUP_NAMES[m] for m in settings.metrics}
+    wanted = settings.groups()
     held = {
         (record.attrs.get("path"), record.attrs.get("sha256"))
         for record in store.read_results(output).values()

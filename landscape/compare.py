@@ -3,25 +3,33 @@
 :func:`landscape.store.flatness_rows` turns each file into rows (:class:`~landscape.results.FlatnessRow`): one per
 analysed checkpoint of a results file (``landscape analyze``) and one per training run file (``landscape train``: its
 last curvature record). Each row carries the sharpness λmax, the trace with its standard error and per parameter, the
-largest input-output Jacobian spectral norm, and the loss and accuracy; for a run also λmax·η/2, which is 1 at
-gradient descent's edge of stability (λmax = 2/η). :func:`flatness_table` prints them. Nothing is recomputed: a
-measure that was not recorded is None.
+largest input-output Jacobian spectral norm, every stored sharpness and flatness measure with its standard error
+(``landscape analyze --metrics sharpness``: worst- and average-case sharpness, adaptive or not, the Fisher-Rao norm,
+relative flatness), the loss barrier of a line between two checkpoints (``landscape surface A B --directions line``,
+before and after ``--align``), and the loss and accuracy; for a run also λmax·η/2, which is 1 at gradient descent's
+edge of stability (λmax = 2/η). :func:`flatness_table` prints them, a column per sharpness measure that some row has.
+Nothing is recomputed: a measure that was not recorded is None.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from landscape.files import PathLike
 from landscape.report import format_table
-from landscape.results import FlatnessRow, source_labels
+from landscape.results import FlatnessRow, Result, sharpness_labels, sharpness_measures, source_labels
 from landscape.store import flatness_rows
 
-__all__ = ["compare", "flatness_table", "TABLE_HEADERS"]
+__all__ = ["compare", "flatness_table", "sharpness_table", "measure_cell", "TABLE_HEADERS"]
 
+#: The table's columns; a column per sharpness measure (its label, see :func:`~landscape.results.sharpness_labels`)
+#: comes after |J|₂ max.
 TABLE_HEADERS = ("source/name", "step", "λmax", "λmax·η/2", "trace ± se", "trace/n", "|J|₂ max", "train loss",
                  "train acc", "test loss", "test acc")
+_BEFORE_SHARPNESS = TABLE_HEADERS.index("|J|₂ max") + 1
+#: The loss-barrier columns (header, FlatnessRow field), after the sharpness measures, shown when some row has one.
+BARRIER_HEADERS = (("barrier", "barrier"), ("barrier unaligned", "barrier_unaligned"))
 
 
 # -- the table ---------------------------------------------------------------------------------------------------
@@ -29,23 +37,48 @@ def _number(value: Optional[float], digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
-def _trace_cell(row: FlatnessRow) -> str:
-    if row.trace is None:
+def measure_cell(value: Optional[float], stderr: Optional[float], digits: int = 4) -> str:
+    """``value ± se`` (the value alone without a finite standard error); "-" for a missing value."""
+    if value is None:
         return "-"
-    if row.trace_stderr is None or not math.isfinite(row.trace_stderr):
-        return _number(row.trace, 5)
-    return f"{row.trace:.5g} ± {row.trace_stderr:.2g}"
+    if stderr is None or not math.isfinite(stderr):
+        return _number(value, digits)
+    return f"{value:.{digits}g} ± {stderr:.2g}"
 
 
 def flatness_table(rows: Sequence[FlatnessRow], markdown: bool = False) -> str:
-    """An aligned text table (or a GitHub markdown table) with a line per row; "-" where a measure is missing."""
+    """An aligned text table (or a GitHub markdown table) with a line per row and a column per sharpness measure
+    (``value ± se``) that some row has, then the loss barrier (and the one before alignment) when some row has one
+    (a line between two checkpoints); "-" where a measure is missing."""
     labels = source_labels([row.source for row in rows])
-    cells = [[f"{labels[row.source]}:{row.name}", "-" if row.step is None else str(row.step),
-              _number(row.lambda_max), _number(row.sharpness_ratio, 3), _trace_cell(row),
-              _number(row.trace_per_param), _number(row.jacobian_max), _number(row.train_loss),
-              _number(row.train_accuracy), _number(row.test_loss), _number(row.test_accuracy)]
-             for row in rows]
-    return format_table(TABLE_HEADERS, cells, markdown=markdown)
+    measures = sharpness_labels([row.sharpness for row in rows])
+    barriers = [(header, name) for header, name in BARRIER_HEADERS
+                if any(getattr(row, name) is not None for row in rows)]
+    cells = []
+    for row in rows:
+        line = [f"{labels[row.source]}:{row.name}", "-" if row.step is None else str(row.step),
+                _number(row.lambda_max), _number(row.sharpness_ratio, 3), measure_cell(row.trace, row.trace_stderr, 5),
+                _number(row.trace_per_param), _number(row.jacobian_max), _number(row.train_loss),
+                _number(row.train_accuracy), _number(row.test_loss), _number(row.test_accuracy)]
+        line[_BEFORE_SHARPNESS:_BEFORE_SHARPNESS] = [
+            *(measure_cell(*row.sharpness.get(label, (None, None))) for label in measures),
+            *(_number(getattr(row, name)) for _, name in barriers)]
+        cells.append(line)
+    headers = list(TABLE_HEADERS)
+    headers[_BEFORE_SHARPNESS:_BEFORE_SHARPNESS] = [*measures, *(header for header, _ in barriers)]
+    return format_table(headers, cells, markdown=markdown)
+
+
+def sharpness_table(results: Mapping[str, Mapping[str, Result]], markdown: bool = False) -> Optional[str]:
+    """A table of the sharpness measures (``value ± se``) of each named checkpoint's ``results``, a column per
+    measure; None when none has any (the closing table of ``landscape analyze --metrics sharpness``)."""
+    measures = {name: sharpness_measures(list(held.values())) for name, held in results.items()}
+    labels = sharpness_labels(list(measures.values()))
+    if not labels:
+        return None
+    cells = [[name, *(measure_cell(*held.get(label, (None, None))) for label in labels)]
+             for name, held in measures.items()]
+    return format_table(("checkpoint", *labels), cells, markdown=markdown)
 
 
 def compare(paths: Sequence[PathLike], *, markdown: bool = False, figure: Optional[PathLike] = None,

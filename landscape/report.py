@@ -87,22 +87,32 @@ def _describe_result(result: Any) -> str:
         shape = "×".join(str(n) for n in result.loss.shape)
         finite = result.loss[np.isfinite(result.loss)]
         span = f"loss {finite.min():.4g}–{finite.max():.4g}" if finite.size else "nothing computed yet"
-        return f"{shorten(result.kind)}, {shape} grid, {span}, {result.missing} cells left"
+        extra = f", barrier {result.barrier:.4g} at α = {result.barrier_alpha:.3g}" if result.barrier is not None else ""
+        if result.explained_variance:
+            extra += ", explained variance " + ", ".join(f"{100 * share:.1f} %" for share in result.explained_variance)
+        return f"{shorten(result.kind)}, {shape} grid, {span}, {result.missing} cells left{extra}"
     if kind == "DensityResult":
         return (f"{result.num_probes} probes × {result.num_steps} steps on [{result.grid[0]:.4g}, "
                 f"{result.grid[-1]:.4g}], {len(result.grid)} grid points")
+    if kind == "SharpnessResult":
+        error = "" if result.stderr is None else f" ± {result.stderr:.2g}"
+        return (f"{shorten(result.label)}: {result.value:.6g}{error} ({result.num_gradients} gradients, "
+                f"{result.num_losses} losses)")
     return kind
 
 
 def describe(path: str | Path) -> str:
-    """What a results file holds: versions, then each checkpoint's provenance and results (per layer too); a long
+    """What a results or run file holds: what kind of file it is (a run file names its training run and how many
+    steps it took), versions, the run, then each checkpoint's provenance and results (per layer too); a long
     attribute is shortened (:func:`shorten`)."""
     root = {key: shorten(value) for key, value in store.root_attributes(path).items()}
-    lines = [f"{path}: landscape results, format version {root.get('format_version')}",
+    records = store.read_results(path)
+    span, run_lines = _describe_run(path)
+    kind = "results file" if span is None else f"{'run and results' if records else 'run'} file, {span}"
+    lines = [f"{path}: landscape {kind}, format version {root.get('format_version')}",
              f"  created {root.get('created')}, modified {root.get('modified')}, landscape "
              f"{root.get('landscape_version')}, torch {root.get('torch_version')}, h5py {root.get('h5py_version')}"]
-    records = store.read_results(path)
-    lines.extend(_describe_run(path))
+    lines.extend(run_lines)
     lines.extend(_describe_peers(path))
     if not records and len(lines) == 2:
         lines.append("  no checkpoints and no training run yet")
@@ -152,19 +162,30 @@ def _describe_peers(path: str | Path) -> list[str]:
             f"plot FILE --kind peers`", f"  command: {shorten(command)}"]
 
 
-def _describe_run(path: str | Path) -> list[str]:
-    """A training run's settings, how it ended, and its first and last curvature records."""
+def _describe_run(path: str | Path) -> tuple[Optional[str], list[str]]:
+    """What the file's training run is, e.g. ``a training run of 400 steps`` (None without a run), and lines: its
+    settings and how it ended, its model and data, its first and last curvature records."""
     if not store.read_file(path, lambda handle: "run" in handle):
-        return []
+        return None, []
     run = store.read_run(path)  # a damaged run is a StoreError, not a file without a run
     settings = json.loads(run.attrs.get("settings", "{}"))
     steps = run.tables.get("run", {}).get("step", [])
+    planned = settings.get("steps")
+    finished = "stop_reason" in run.attrs
+    done = int(run.attrs["final_step"]) if "final_step" in run.attrs else int(steps[-1]) if len(steps) else 0
+    span = f"a training run of {done} steps{'' if finished else ' so far'}" + \
+        ("" if planned in (None, done) else f" (of {shorten(planned)} planned)")
     lines = [f"run: {shorten(settings.get('optimizer'))} lr {shorten(settings.get('lr'))}, {len(steps)} steps "
              f"recorded; {shorten(run.attrs.get('stop_reason', 'not finished (killed or still running)'))}"]
+    a = {key: shorten(value) for key, value in run.attrs.items()}
+    if "model_spec" in a:
+        lines.append(f"  model {a['model_spec']}, {a.get('num_params')} parameters; data "
+                     f"{a.get('data_description', a.get('data'))}; loss {a.get('loss_function')}; {a.get('dtype')} on "
+                     f"{a.get('device')}")
     curvature = run.tables.get("run/curvature", {})
     if "lambda_max" in curvature and len(curvature["lambda_max"]):
         first, last = curvature["lambda_max"][0], curvature["lambda_max"][-1]
         lines.append(f"  {len(curvature['lambda_max'])} curvature records: lambda_max {first:.4g} at step "
                      f"{curvature['step'][0]} → {last:.4g} at step {curvature['step'][-1]}; columns "
                      f"{', '.join(sorted(curvature))}")
-    return lines
+    return span, lines

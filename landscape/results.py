@@ -3,8 +3,8 @@
 A record holds the numbers and how they were obtained, so any result can be stored and trusted:
 
 - one metric of one operator or model: :class:`EigenResult`, :class:`TraceResult`, :class:`DiagonalResult`,
-  :class:`DensityResult`, :class:`JacobianResult`, :class:`SurfaceResult` (the :data:`Result` union, which the store
-  writes to an HDF5 group and reads back);
+  :class:`DensityResult`, :class:`JacobianResult`, :class:`SurfaceResult`, :class:`SharpnessResult` (the
+  :data:`Result` union, which the store writes to an HDF5 group and reads back);
 - what a file holds: :class:`CheckpointRecord` (a results file's checkpoint) and :class:`RunRecord` (a training run);
 - what a job returns: :class:`CheckpointSummary` (analyze), :class:`TrainResult` (train), :class:`FlatnessRow`
   (compare: one row per checkpoint or run, built from the records above).
@@ -188,6 +188,18 @@ class SurfaceResult:
     ``normalization`` and ``biases`` apply to random directions, ``eigenvalues`` to eigen directions;
     ``direction_norms`` are the lengths ‖dᵢ‖; ``checkpoints`` (paths, origin first), ``checkpoint_names`` and
     ``sha256`` name the files; ``data`` describes the data and ``command`` the command line that made the grid.
+
+    ``kind="pca"`` (Li et al. 2018, §7): the directions are the top two principal components of the differences
+    θᵢ − θ₀ of a trajectory's checkpoints from the origin θ₀ (the final checkpoint; for several runs, the final
+    checkpoint of the first), uncentred; ``explained_variance`` is each one's share of Σᵢ‖θᵢ − θ₀‖². ``path`` (k, 2)
+    holds every checkpoint's coordinates on the plane, ``path_names`` and ``path_steps`` its name and step,
+    ``path_runs`` the index of its run in ``path_labels`` (one label per run), in step order within each run.
+
+    ``kind="line"``: ``barrier`` is the loss barrier of Frankle et al. 2020, max over α ∈ [0, 1] of
+    L(θ_α) − ((1 − α)·L(A) + α·L(B)), taken over the grid points in [0, 1] (a grid maximum; None when the grid lacks
+    α = 0 or 1, or a cell there is not computed yet), reached at ``barrier_alpha``. ``aligned``: B's hidden units
+    were permuted to A's by weight matching (Ainsworth et al. 2023) before the line was drawn; ``barrier_unaligned``
+    is then the barrier on the same α grid between A and B as stored.
     """
 
     x: np.ndarray
@@ -210,6 +222,16 @@ class SurfaceResult:
     sha256: Optional[list] = None
     data: Optional[str] = None
     command: Optional[str] = None
+    explained_variance: Optional[list] = None
+    path: Optional[np.ndarray] = None
+    path_names: Optional[list] = None
+    path_steps: Optional[list] = None
+    path_runs: Optional[list] = None
+    path_labels: Optional[list] = None
+    barrier: Optional[float] = None
+    barrier_alpha: Optional[float] = None
+    aligned: Optional[bool] = None
+    barrier_unaligned: Optional[float] = None
 
     @property
     def dims(self) -> int:
@@ -221,8 +243,69 @@ class SurfaceResult:
         return int(np.isnan(self.loss).sum())
 
 
+#: The flatness measures of :class:`SharpnessResult`, by ``kind``.
+SHARPNESS_KINDS = ("worst", "average", "fisher_rao", "relative_flatness")
+
+
+@dataclass(frozen=True)
+class SharpnessResult:
+    """A flatness measure of a minimum beyond the Hessian's spectrum (see :mod:`landscape.flatness`).
+
+    ``kind`` says which (:data:`SHARPNESS_KINDS`):
+
+    - ``"worst"``: max over ‖δ‖₂ ≤ ρ of L(θ+δ) − L(θ) (``adaptive``: δ = |θ| ⊙ u with ‖u‖₂ ≤ ρ), by projected
+      gradient ascent from ``restarts`` starts of ``steps`` steps each; with ``chunk_size`` m, the mean over m-sample
+      chunks of each chunk's own maximum (m-sharpness, as SAM uses it);
+    - ``"average"``: E L(θ+δ) − L(θ) for δ ~ N(0, ρ²I) (``adaptive``: N(0, ρ² diag(θ²))), over ``samples`` draws;
+    - ``"fisher_rao"``: the empirical Fisher-Rao norm E_i ⟨θ, ∇θ ℓ_i⟩² (Liang et al. 2019);
+    - ``"relative_flatness"``: Σ_{s,s'} ⟨w_s, w_s'⟩ tr H_{s,s'} of the weight matrix ``layer`` (Petzka et al. 2021).
+
+    ``value`` is the measure; ``stderr`` its standard error where the method has one (over draws, chunks, samples
+    or probes); ``values`` the per-draw, per-chunk, per-restart or per-sample numbers it comes from. ``loss`` is
+    L(θ); ``num_gradients`` and ``num_losses`` count the passes over the data (or a chunk) that computed a gradient
+    or a loss only; ``delta`` the perturbation found (worst case on the whole data, when asked for).
+    """
+
+    kind: str
+    value: float
+    stderr: Optional[float]
+    values: np.ndarray
+    loss: float
+    adaptive: bool
+    num_gradients: int
+    num_losses: int
+    seed: Optional[int]
+    seconds: float
+    dimension: int
+    dtype: str
+    rho: Optional[float] = None
+    chunk_size: Optional[int] = None
+    num_chunks: int = 1
+    steps: Optional[int] = None
+    restarts: Optional[int] = None
+    samples: Optional[int] = None
+    layer: Optional[str] = None
+    delta: Optional[torch.Tensor] = None
+
+    @property
+    def key(self) -> str:
+        """The name it is stored under among a checkpoint's results: ``sharpness_worst_adaptive``, ..."""
+        return f"sharpness_{self.kind}" + ("_adaptive" if self.adaptive else "")
+
+    @property
+    def label(self) -> str:
+        """A short column label: ``worst ρ=0.05``, ``average-adaptive ρ=0.05``, ``worst ρ=0.05 m=128``, ..."""
+        name = self.kind.replace("_", "-") + ("-adaptive" if self.adaptive else "")
+        if self.rho is not None:
+            name += f" ρ={self.rho:g}"
+        if self.chunk_size is not None:
+            name += f" m={self.chunk_size}"
+        return name
+
+
 #: One stored metric: what :func:`landscape.store.write_result` writes and :func:`landscape.store.read_result` reads.
-Result = Union[EigenResult, TraceResult, DensityResult, DiagonalResult, JacobianResult, SurfaceResult]
+Result = Union[EigenResult, TraceResult, DensityResult, DiagonalResult, JacobianResult, SurfaceResult,
+               SharpnessResult]
 
 
 # -- files -------------------------------------------------------------------------------------------------------
@@ -283,6 +366,11 @@ class FlatnessRow:
     λmax·η/2 with η the run's base learning rate (its stored settings; a schedule is not followed): 1 at the edge of
     stability of plain gradient descent (momentum and adaptive methods have other thresholds), None for checkpoints,
     whose files do not record η. ``lr`` is that η (None for checkpoints). Missing measures are None.
+    ``sharpness`` maps the label of every stored :class:`SharpnessResult` (``worst ρ=0.05``, ``fisher-rao``, ...) to
+    its value and standard error (None where the measure has none), in the order of :data:`SHARPNESS_KINDS`, plain
+    before adaptive; a run's curvature records hold none. ``barrier`` is the loss barrier of a stored line between
+    two checkpoints (``landscape surface A B --directions line``: see :class:`SurfaceResult`), and
+    ``barrier_unaligned`` the one before B was aligned to A (``--align``); None otherwise.
     """
 
     source: str
@@ -299,6 +387,9 @@ class FlatnessRow:
     test_loss: Optional[float]
     test_accuracy: Optional[float]
     lr: Optional[float] = None
+    sharpness: Mapping[str, tuple[float, Optional[float]]] = field(default_factory=dict)
+    barrier: Optional[float] = None
+    barrier_unaligned: Optional[float] = None
 
     @property
     def trace_per_param_stderr(self) -> Optional[float]:
@@ -309,11 +400,13 @@ class FlatnessRow:
 
     @classmethod
     def of_checkpoint(cls, source: str, record: CheckpointRecord) -> FlatnessRow:
-        """λmax, trace and Jacobian from the stored results; loss and accuracy from the attributes, filed under the
-        split that was analysed."""
+        """λmax, trace, Jacobian and loss barrier from the stored results; loss and accuracy from the attributes,
+        filed under the split that was analysed."""
         eigen, trace, jacobian = (record.results.get(key) for key in ("eigen", "trace", "jacobian"))
         fit = {"loss": _float(record.attrs.get("loss")), "accuracy": _float(record.attrs.get("accuracy"))}
         on_test = _analysed_split(record.attrs) == "test"
+        surface = record.results.get("surface")
+        line = surface if isinstance(surface, SurfaceResult) else None
         return cls(
             source=source, name=record.name, step=_int(record.step),
             lambda_max=float(np.max(eigen.values)) if eigen is not None and len(eigen.values) else None,
@@ -324,6 +417,9 @@ class FlatnessRow:
             jacobian_max=jacobian.spectral_max if jacobian is not None else None,
             train_loss=None if on_test else fit["loss"], train_accuracy=None if on_test else fit["accuracy"],
             test_loss=fit["loss"] if on_test else None, test_accuracy=fit["accuracy"] if on_test else None,
+            sharpness=sharpness_measures(list(record.results.values())),
+            barrier=_float(line.barrier) if line is not None else None,
+            barrier_unaligned=_float(line.barrier_unaligned) if line is not None else None,
         )
 
     @classmethod
@@ -353,6 +449,20 @@ class FlatnessRow:
         )
 
 
+def sharpness_labels(measures: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every label among ``measures`` (each a :attr:`FlatnessRow.sharpness`, or the like: label → anything), ordered
+    as each row's are: by kind (as in :data:`SHARPNESS_KINDS`), plain before adaptive, then by ρ and chunk size."""
+    order = {kind.replace("_", "-"): i for i, kind in enumerate(SHARPNESS_KINDS)}
+
+    def key(label: str) -> tuple:
+        name, *details = label.split(" ")
+        numbers = dict(detail.partition("=")[::2] for detail in details)
+        kind = name.removesuffix("-adaptive")
+        return (order.get(kind, len(order)), kind, name != kind, float(numbers.get("ρ", 0)), int(numbers.get("m", 0)))
+
+    return sorted(dict.fromkeys(label for held in measures for label in held), key=key)
+
+
 def source_labels(sources: Sequence[str]) -> dict[str, str]:
     """A short label per distinct source: its file name, or as many trailing path parts as tell it from the others."""
     parts = {source: Path(source).parts or (source,) for source in dict.fromkeys(sources)}
@@ -364,6 +474,15 @@ def source_labels(sources: Sequence[str]) -> dict[str, str]:
         return str(Path(*own[-depth:]))
 
     return {source: label(source) for source in parts}
+
+
+def sharpness_measures(results: Sequence[Any]) -> dict[str, tuple[float, Optional[float]]]:
+    """label → (value, standard error) of each :class:`SharpnessResult` among ``results``, ordered by kind (as in
+    :data:`SHARPNESS_KINDS`), plain before adaptive, then by ρ and chunk size."""
+    order = {kind: i for i, kind in enumerate(SHARPNESS_KINDS)}
+    measures = sorted((r for r in results if isinstance(r, SharpnessResult)),
+                      key=lambda r: (order.get(r.kind, len(order)), r.adaptive, r.rho or 0.0, r.chunk_size or 0))
+    return {r.label: (float(r.value), None if r.stderr is None else float(r.stderr)) for r in measures}
 
 
 def _analysed_split(attrs: Mapping[str, Any]) -> str:

@@ -9,7 +9,7 @@ import pytest
 from landscape.cli import main
 from landscape.errors import OptionError, StoreError
 from landscape.plot import plot_sharpening, save
-from landscape.plot.style import COLUMN_WIDTH, new_figure, paper_style
+from landscape.plot.style import COLUMN_WIDTH, NEUTRAL, new_figure, paper_style
 from landscape.store import read_run
 
 
@@ -46,16 +46,19 @@ def test_figure_has_two_labelled_panels_and_threshold_lines(runs, tmp_path):
     assert bottom.get_yscale() == "log"
     assert fig.get_size_inches()[0] == pytest.approx(COLUMN_WIDTH)
 
-    run_lines = [line for line in top.lines if line.get_label().startswith("η")]
+    run_lines = [line for line in top.lines if line.get_label().startswith("GD")]
     thresholds = [line for line in top.lines if line.get_label().startswith("2/η")]
-    assert [line.get_label() for line in run_lines] == ["η = 0.2", "η = 0.1"]
+    # the legend names the optimizer (full-batch sgd: gradient descent) and η, which the two runs do not share
+    assert [line.get_label() for line in run_lines] == ["GD (η = 0.2)", "GD (η = 0.1)"]
     assert [line.get_label() for line in thresholds] == ["2/η = 10", "2/η = 20"]
-    for run_line, threshold, value in zip(run_lines, thresholds, (10.0, 20.0)):
+    assert not mcolors.same_color(run_lines[0].get_color(), run_lines[1].get_color())
+    for threshold, value in zip(thresholds, (10.0, 20.0)):
         assert np.allclose(threshold.get_ydata(), value)
         assert threshold.get_linestyle() == "--"
-        assert mcolors.same_color(threshold.get_color(), run_line.get_color())
+        assert mcolors.same_color(threshold.get_color(), NEUTRAL)  # grey, whichever run it belongs to
+    assert {text.get_text() for text in top.texts} == {"2/η = 10", "2/η = 20"}  # each labelled on its line
     legend = [text.get_text() for text in top.get_legend().get_texts()]
-    assert {"η = 0.2", "η = 0.1", "2/η = 10", "2/η = 20"} <= set(legend)
+    assert legend == ["GD (η = 0.2)", "GD (η = 0.1)"]
 
     # the curves are the stored records, not recomputed
     stored = read_run(runs[0]).tables

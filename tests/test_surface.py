@@ -290,7 +290,7 @@ def test_line_through_checkpoints_drawn_as_a_curve(checkpoints, tmp_path):
     assert twin.get_ylabel() == "accuracy"
     assert np.allclose(ax.lines[0].get_ydata(), stored.loss) and np.allclose(twin.lines[0].get_ydata(),
                                                                              stored.accuracy)
-    assert {t.get_text() for t in ax.texts} == {"step_0", "step_1"}
+    assert {"step_0", "step_1"} <= {t.get_text() for t in ax.texts}  # (and the barrier's note, see test_pca_paths)
     with pytest.raises(OptionError, match="needs a 2-D surface"):
         plot_surface(output, None, view="contour")
 

@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from landscape.analysis import SHARPNESS_MEASURES
 from landscape.cli.options import DTYPES, add_input_arguments, add_precision_arguments, command_line, load_inputs
 from landscape.distributed import Runtime, run_launched
 from landscape.linalg.trace import METHODS as TRACE_METHODS
@@ -18,6 +19,8 @@ examples:
   landscape analyze runs/ckpts/ --model mypkg.nets:resnet18 --model-kwargs '{"num_classes": 10}' \\
       --data train.npz --batch-size 512 --metrics eigs,trace --top-k 10 --dtype float64 -o results.h5
   landscape analyze "ckpt_*.pt" --model mlp --data digits --per-layer -o results.h5 --resume
+  landscape analyze "ckpt_*.pt" --model mlp --data digits --metrics eigs,trace,sharpness --rho 0.05 \\
+      --sharpness worst,average --adaptive -o results.h5   # adaptive worst- and average-case sharpness
   landscape analyze my-gpt2/ --data tokens.npy --loss next-token   # a save_pretrained folder (pip install ".[hf]")
   landscape analyze gpt.pt --data train.bin --seq-len 128 --subset 512 --batch-size 16   # a uint16 token stream
 
@@ -36,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="Hessian eigenvalues, trace and spectral density of saved checkpoints, into an HDF5 file",
         description="Load each checkpoint, compute the Hessian of the mean loss over the data (matrix-free), and add "
         "its top eigenvalues (Lanczos), trace (Krylov-deflated Hutchinson) and spectral density (stochastic Lanczos "
-        "quadrature) to an HDF5 results file, one group per checkpoint. Prints a summary table at the end.",
+        "quadrature) to an HDF5 results file, one group per checkpoint; with --metrics sharpness also worst- and "
+        "average-case sharpness and other flatness measures. Prints a summary table at the end.",
         epilog=ANALYZE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -44,8 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "folder is one checkpoint")
     add_input_arguments(p, exact="the Hessian")
     p.add_argument("--metrics", default="eigs,trace,density", help="comma-separated subset of eigs,trace,density,"
-                   "jacobian (default: eigs,trace,density); jacobian: per-sample input-output Jacobian norms and, for "
-                   "plain feed-forward nets, the product of the layers' spectral norms (a Lipschitz upper bound)")
+                   "jacobian,sharpness (default: eigs,trace,density); jacobian: per-sample input-output Jacobian norms "
+                   "and, for plain feed-forward nets, the product of the layers' spectral norms (a Lipschitz upper "
+                   "bound); sharpness: the flatness measures of --sharpness, of the whole model")
     p.add_argument("--curvature", default="hessian", choices=CURVATURES, help="the matrix whose eigenvalues, trace "
                    "and density are computed: the loss Hessian, the generalized Gauss-Newton matrix, the Fisher "
                    "(labels sampled from the model) or the empirical Fisher (the data's labels) (default: hessian)")
@@ -71,12 +76,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="run the Hessian-vector product through torch.compile "
                    "(forward-over-reverse): the first products pay seconds to a minute of compilation; worth it for "
                    "large models the built-in layerwise path does not cover, on GPU above all")
+    sharp = p.add_argument_group("sharpness and flatness (with --metrics sharpness)")
+    sharp.add_argument("--sharpness", default="worst,average", metavar="MEASURES", help="comma-separated subset of "
+                       f"{','.join(SHARPNESS_MEASURES)} (default: worst,average). worst: the largest loss increase "
+                       "L(θ+δ) − L(θ) over perturbations ‖δ‖₂ ≤ ρ (what SAM minimizes), found by gradient ascent; "
+                       "average: the mean increase over Gaussian δ ~ N(0, ρ²I), with its standard error; fisher-rao: "
+                       "the Fisher-Rao norm, mean over samples of ⟨θ, ∇ℓᵢ⟩²; relative-flatness: the Hessian trace of "
+                       "the last layer's weights weighted by their inner products (Petzka et al. 2021). The last two "
+                       "do not change when a ReLU net's layers are rescaled")
+    sharp.add_argument("--rho", type=float, default=0.05, help="radius ρ of the worst- and average-case "
+                       "perturbations (relative to |θ| with --adaptive) (default: 0.05)")
+    sharp.add_argument("--adaptive", action="store_true", help="adaptive worst and average sharpness: perturbations "
+                       "scaled weight by weight by |θ| (δ = |θ| ⊙ u, ‖u‖₂ ≤ ρ), which rescaling a ReLU net's layers "
+                       "leaves unchanged, instead of the plain ones")
+    sharp.add_argument("--sharpness-steps", type=int, default=10, metavar="N", help="gradient ascent steps per "
+                       "start of worst-case sharpness (default: 10)")
+    sharp.add_argument("--sharpness-restarts", type=int, default=3, metavar="R", help="starts of the worst-case "
+                       "ascent: SAM's gradient step, then random ones; the best is kept (default: 3)")
+    sharp.add_argument("--sharpness-samples", type=int, default=32, metavar="S", help="Gaussian perturbations drawn "
+                       "for average-case sharpness (default: 32)")
+    sharp.add_argument("--chunk-size", type=int, metavar="M", help="m-sharpness: the worst case of each M-sample "
+                       "chunk of the data, averaged over the chunks, as SAM sees it with batches of M (default: the "
+                       "whole data at once)")
     add_precision_arguments(p, dtype_help="precision of the curvature")
     p.add_argument("--seed", type=int, default=0, help="seed for every random probe and --subset (default: 0)")
     p.add_argument("-o", "--output", default="results.h5", metavar="FILE", help="HDF5 results file; created, or "
                    "added to (default: results.h5)")
     p.add_argument("--resume", action="store_true", help="skip checkpoints whose results the output already holds")
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """The names of a comma-separated list, stripped, empty ones dropped."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -88,15 +120,19 @@ def _analyze(args: argparse.Namespace, argv: Sequence[str], device: Optional[str
     """One process's part: the settings the options give, :func:`landscape.analysis.analyze`, and the summary table
     (printed by the writing process)."""
     from landscape.analysis import AnalysisSettings, analyze
+    from landscape.compare import sharpness_table
     from landscape.report import results_table
+    from landscape.store import read_results
 
     settings = AnalysisSettings(
-        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+        metrics=_names(args.metrics),
         top_k=args.top_k, tol=args.tol, trace_matvecs=args.trace_matvecs, trace_method=args.trace_method,
         density_probes=args.density_probes, density_steps=args.density_steps, per_layer=args.per_layer,
         dtype=DTYPES[args.dtype], device=device, seed=args.seed, save_vectors=args.save_vectors,
         curvature=args.curvature, jacobian_outputs=args.jacobian_outputs, compile=args.compile,
-        max_basis=args.max_basis,
+        max_basis=args.max_basis, rho=args.rho, sharpness=_names(args.sharpness), adaptive=args.adaptive,
+        sharpness_steps=args.sharpness_steps, sharpness_restarts=args.sharpness_restarts,
+        sharpness_samples=args.sharpness_samples, chunk_size=args.chunk_size,
     )
     model_kwargs, data, loss = load_inputs(args)
     writer = runtime.is_writer
@@ -109,6 +145,11 @@ def _analyze(args: argparse.Namespace, argv: Sequence[str], device: Optional[str
     )
     if writer:
         if summaries:
-            print(results_table(args.output, [s.name for s in summaries]))
+            names = [s.name for s in summaries]
+            print(results_table(args.output, names))
+            records = read_results(args.output)  # in the order of the table above: by step
+            measures = sharpness_table({name: record.results for name, record in records.items() if name in names})
+            if measures is not None:
+                print(measures)
         print(f"results: {args.output}")
     return 0

@@ -15,7 +15,9 @@ examples:
   landscape compare results.h5 run.h5 --figure figs/flatness   # writes figs/flatness.png and .pdf
 
 A results file (landscape analyze) gives a row per checkpoint: λmax, the trace ± its standard error and trace/n,
-the largest Jacobian spectral norm, and the loss and accuracy on the analysed split. A run file (landscape train)
+the largest Jacobian spectral norm, a column "value ± se" per sharpness measure stored (analyze --metrics
+sharpness: worst- and average-case sharpness, adaptive or not, at their ρ; Fisher-Rao norm; relative flatness), and
+the loss and accuracy on the analysed split. A run file (landscape train)
 gives a row for its last curvature record, with λmax·η/2 too (η: the run's learning rate; 1 at gradient descent's
 edge of stability). Nothing is recomputed: "-" marks what a file did not record."""
 
@@ -24,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """`landscape compare FILE... [--markdown] [--figure PATH | --no-figure]`."""
     p = sub.add_parser(
         "compare",
-        help="flatness (λmax, trace, Jacobian norm, accuracy) of several checkpoints or runs: a table and a figure",
+        help="flatness (λmax, trace, sharpness measures, Jacobian norm, accuracy) of several checkpoints or runs: a "
+        "table and a figure",
         description="Read results files (landscape analyze) and run files (landscape train), print one table row per "
         "analysed checkpoint and per run (its last curvature record), and draw the flatness measures side by side "
         "as bar panels (PNG and PDF).",

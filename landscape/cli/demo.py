@@ -17,14 +17,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole toolkit in about a minute: train, track, analyse, compare and draw on digits",
-        description="Train the digits MLP (64-128-128-10, tanh) from one initialisation with SGD, SAM and NSO while "
-        "tracking its curvature; analyse the three minima (top eigenvalues, trace, spectral density, Jacobian "
-        "norms, a 2-D filter-normalized loss surface through each); compare them; write the HDF5 files and every "
-        "figure kind into --out; print the comparison table.",
+        description="Train the digits MLP (64-128-128-10, tanh) on the squared loss from one initialisation with "
+        "full-batch gradient descent, SAM (rho 0.05) and NSO (sigma 0.02) at lr 0.25 while tracking its curvature; "
+        "analyse the three minima (top eigenvalues, trace, spectral density, Jacobian norms, a 2-D "
+        "filter-normalized loss surface through each); compare them; write the HDF5 files and every figure kind "
+        "into --out; print the comparison table. With the defaults, gradient descent's sharpness rises to 2/lr = 8 "
+        "by step ~300 and hovers there (the edge of stability), SAM bounces across the sharpest direction, and the "
+        "three minima's sharpness differs about twofold.",
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default: a new landscape-demo folder here)")
-    p.add_argument("--steps", type=int, default=1500, help="training steps per optimizer (default: 1500)")
-    p.add_argument("--track-every", type=int, default=100, help="curvature record every N steps (default: 100)")
+    p.add_argument("--steps", type=int, default=800, help="training steps per optimizer (default: 800; "
+                   "gradient descent reaches 2/lr near step 300)")
+    p.add_argument("--track-every", type=int, default=25, help="curvature record every N steps (default: 25)")
     p.add_argument("--grid", default="-1:1:21", help="surface grid per axis, start:stop:points (default: -1:1:21)")
     p.add_argument("--density-steps", type=int, default=60, help="Lanczos steps per SLQ probe (default: 60)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and every draw (default: 0)")

@@ -1,9 +1,11 @@
 """The options several commands share: the model, the data and the loss of the commands that load checkpoints,
---dtype and --device, grid values that start with a minus, and the command line recorded in the files written."""
+--dtype and --device, --threads, grid values that start with a minus, and the command line recorded in the files
+written."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 from typing import Any, Optional, Sequence
@@ -11,6 +13,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from landscape.data import LoadedData
+from landscape.errors import OptionError
 
 #: the precisions --dtype offers
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -65,6 +68,51 @@ def add_precision_arguments(p: argparse.ArgumentParser, *, dtype_help: str = "pr
     :func:`landscape.cli.main` before any work)."""
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help=f"{dtype_help} (default: float32)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """--threads N: torch's CPU threads for the command (:func:`choose_threads` without it)."""
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch's operations (default: torch's "
+                   "own count, capped by the cores this process may use and by those other processes leave idle: "
+                   "threads that wait on each other on a busy core run many times slower than one thread; "
+                   "OMP_NUM_THREADS, when set, decides instead)")
+
+
+def idle_cores(cores: int) -> float:
+    """How many of this process's ``cores`` other processes leave idle: the machine's busy share — the larger of
+    the 1-minute load average and the processes runnable right now (``/proc/loadavg``, this one excluded) over its
+    CPU count — taken from ``cores``; all of them where the system does not say."""
+    machine = os.cpu_count() or cores
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on this system
+        return float(cores)
+    try:
+        with open("/proc/loadavg") as handle:
+            busy = max(busy, int(handle.read().split()[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return cores * max(0.0, 1.0 - busy / machine)
+
+
+def choose_threads(requested: Optional[int]) -> int:
+    """The intra-op thread count for a command: ``requested`` (--threads), else torch's own count when
+    OMP_NUM_THREADS sets it, else torch's count capped by the cores this process may use
+    (``os.sched_getaffinity``) and by those left idle (:func:`idle_cores`), at least 1.
+
+    Why cap: torch's OpenMP threads meet at a barrier after every operation, so on a core another process also
+    wants, each small operation waits for a descheduled thread (on 2 busy cores, the digits MLP's analysis ran 7-12x
+    slower with 2 threads than with 1, where the lost CPU share explains 3-6x); the wait policy that would soften
+    this (OMP_WAIT_POLICY=PASSIVE) is read when torch loads, before any command line is parsed.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise OptionError(f"--threads must be a positive integer, got {requested}")
+        return requested
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), cores, round(idle_cores(cores))))
 
 
 GRID_VALUE = re.compile(r"^-\.?\d[^\s]*:")  # a grid value that starts with a minus, e.g. -1:1:51

@@ -25,7 +25,7 @@ class Kind:
 
 
 KINDS = {
-    "spectrum": Kind("spectrum:plot_spectrum", "one results file with density", True, ("checkpoint", "labels")),
+    "spectrum": Kind("spectrum:plot_spectrum", "results files with density", False, ("checkpoint", "labels")),
     "sharpening": Kind("sharpening:plot_sharpening", "run files", False, ("labels",)),
     "curvature": Kind("curvature:plot_curvature", "run files", False, ("labels",)),
     "surface": Kind("surface:plot_surface", "one results file with a surface", True, ("checkpoint", "view")),
@@ -39,8 +39,9 @@ VIEWS = ("auto", "1d", "contour", "3d")
 
 PLOT_EPILOG = """\
 kinds (FILE is an HDF5 file written by landscape train (a run file) or landscape analyze (a results file)):
-  spectrum    the Hessian's spectral density on a log scale, top eigenvalues marked; one results file with density
-              (--checkpoint, repeatable, picks checkpoints; default: up to 5 spread over training)
+  spectrum    the Hessian's spectral density on a log scale, top eigenvalues marked; results files with density
+              (--checkpoint, repeatable, picks checkpoints; default: up to 5 spread over training, or with
+              several files the minima of each, i.e. its checkpoints at its last step, overlaid)
   sharpening  λmax against the step with 2/η, and the training loss; run files
   curvature   λmax of the Hessian and GGN, the input-output Jacobian norms and the trace; run files trained with
               --track-also ggn --track-jacobian
@@ -58,6 +59,7 @@ surface, one with a spectral density gives spectrum, a benchmark file (with a /p
 examples:
   landscape plot results.h5 -o figures/spectrum                  # --kind spectrum, guessed
   landscape plot results.h5 --kind spectrum --checkpoint step_0 --checkpoint step_5000
+  landscape plot sgd_results.h5 sam_results.h5 --kind spectrum -o figures/minima   # one minimum per file
   landscape plot gd_0.01.h5 gd_0.02.h5 --kind sharpening --labels "η = 0.01" "η = 0.02" -o figures/eos
   landscape plot sgd.h5 sam.h5 --kind sam -o figures/sam
   landscape plot results.h5 --kind surface --view contour
@@ -75,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=PLOT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="run or results files (spectrum and surface take one)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="run or results files (surface and blocks take one)")
     p.add_argument("--kind", metavar="KIND", help=f"{', '.join(KINDS)} (default: guessed from the first FILE: "
                    "run file → sharpening; results file → surface if it has one, else spectrum)")
     p.add_argument("-o", "--output", metavar="OUTPUT", help="figure path without suffix; OUTPUT.png and OUTPUT.pdf "
@@ -84,9 +86,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "spectrum: repeat for several (default: up to 5 spread over training); surface: the one to draw "
                    "(default: left to the surface figure); blocks: the one to draw (default: the last)")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="legend labels, one per FILE (spectrum: one per "
-                   "checkpoint) (default: from the files' settings)")
+                   "line drawn) (default: the optimizer from the files' settings; spectrum: step N, or the file's "
+                   "name for several files)")
     p.add_argument("--view", default="auto", metavar="VIEW", help=f"surface only: {', '.join(VIEWS)} (default: auto, "
                    "1d for a curve, contour and 3d side by side for a plane)")
+    p.add_argument("--format", default="figure", choices=("figure", "html"), help="figure: OUTPUT.png and OUTPUT.pdf "
+                   "(default); html: one interactive page OUTPUT.html of one results file, plotly.js inside (opens "
+                   "offline): the 3-D surface with contours beneath and the path or barrier, the spectrum with the "
+                   "top eigenvalues, whichever it holds (--checkpoint picks one; needs pip install \"landscape[html]\")")
 
 
 def guess_kind(path: Path) -> str:
@@ -146,7 +153,7 @@ def draw(kind: str, paths: list[Path], output: Path, args: argparse.Namespace) -
     module, _, name = KINDS[kind].function.partition(":")
     function = getattr(importlib.import_module(f"landscape.plot.{module}"), name)
     if kind == "spectrum":
-        function(paths[0], output, checkpoints=args.checkpoint, labels=args.labels)
+        function(paths, output, checkpoints=args.checkpoint, labels=args.labels)
     elif kind == "surface":
         function(paths[0], output, checkpoint=args.checkpoint[0] if args.checkpoint else None, view=args.view)
     elif kind == "blocks":
@@ -163,9 +170,29 @@ def _written(output: Path) -> list[Path]:
     return [base.with_name(f"{base.name}.{fmt}") for fmt in ("png", "pdf")]
 
 
+def write_page(args: argparse.Namespace, paths: list[Path]) -> Path:
+    """--format html: the interactive page of one results file (its surface and spectrum); options it has no use
+    for are refused."""
+    from landscape.plot.html import write_html
+
+    if len(paths) != 1:
+        raise OptionError(f"--format html takes one results file, got {len(paths)}")
+    unused = [flag for flag, given in (("--kind", args.kind), ("--labels", args.labels),
+                                       ("--view", args.view != "auto")) if given]
+    if unused:
+        raise OptionError(f"{', '.join(unused)} does not apply to --format html (the page draws what the file holds)")
+    if args.checkpoint is not None and len(args.checkpoint) != 1:
+        raise OptionError(f"--format html draws one checkpoint, got --checkpoint {len(args.checkpoint)} times")
+    return write_html(paths[0], Path(args.output) if args.output else Path(f"{paths[0].stem}.html"),
+                      checkpoint=args.checkpoint[0] if args.checkpoint else None)
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Draw the figure and print the paths written; argv is unused (the figure files record no command line)."""
     paths = _check_files(args.files)
+    if args.format == "html":
+        print(write_page(args, paths))
+        return 0
     kind = args.kind if args.kind is not None else guess_kind(paths[0])
     if kind not in KINDS:
         raise OptionError(f"unknown --kind {kind!r}; choose from {', '.join(KINDS)}")

@@ -96,7 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-checkpoint", action="store_true", help="with --resume: allow a checkpoint that needs "
                    "code to load (a pickle the safe weights-only loader refuses); only for files you trust "
                    "(landscape train's own checkpoints never need it)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
 
 
 def parse_hparams(items: Sequence[str]) -> dict[str, Any]:
@@ -112,6 +112,13 @@ def parse_hparams(items: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             parsed[name] = text
     return parsed
+
+
+def closing_line(step: int, steps: int, stop_reason: str, seconds: float) -> str:
+    """How a run ended, e.g. ``stopped at step 400 of 400 in 12.3 s``, or with its reason when that is not the
+    step count: ``stopped at step 120 of 500 (train loss 0.29 <= target 0.3) in 4.1 s``."""
+    reason = "" if stop_reason == f"reached {steps} steps" else f" ({stop_reason})"
+    return f"stopped at step {step} of {steps}{reason} in {seconds:.1f} s"
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -142,6 +149,6 @@ def _train(args: argparse.Namespace, argv: Sequence[str], device: Optional[str],
                    trust=args.trust_checkpoint, command=command_line(argv), progress=False if args.quiet else None,
                    runtime=runtime)
     if runtime.is_writer:
-        print(f"{result.stop_reason} after {result.steps} steps in {result.seconds:.1f} s")
+        print(closing_line(result.steps, args.steps, result.stop_reason, result.seconds))
         print(f"run: {args.output}\ncheckpoint: {result.checkpoint}")
     return 0

@@ -4,10 +4,14 @@
 panels over a shared step axis:
 
 (a) λmax of the loss Hessian (solid) and of the generalized Gauss-Newton matrix (dashed, same colour; runs trained
-    with ``--track-also ggn``), with 2/η dotted in the run's colour;
+    with ``--track-also ggn``), with 2/η dotted in grey and labelled on the line;
 (b) the spectral norm ‖∂f(x)/∂x‖₂ of the input-output Jacobian: its mean (solid) and max (dashed) over the training
     samples (runs trained with ``--track-jacobian``);
-(c) the Hessian trace with its Hutch++ standard error, only when some run recorded it (``--track-trace-matvecs`` > 0).
+(c) the Hessian trace with its Hutch++ standard error, only when some run recorded it (``--track-trace-matvecs`` > 0);
+    the band's lower edge stops at zero where the estimate is positive (its Gaussian ± s.e. would otherwise suggest
+    a negative trace that a near-minimum's Hessian, and any GGN or Fisher, cannot have).
+
+Each run has its optimizer's colour and marker (:func:`landscape.plot.style.run_styles`), as in the other figures.
 
 Progressive sharpening (MacDonald, Valmadre and Lucey 2023) ties the Gauss-Newton part of the Hessian to the layer
 Jacobians, so (a) and (b) rise together during sharpening; at the edge of stability λmax is capped at 2/η and the two
@@ -30,16 +34,19 @@ from landscape import store
 from landscape.errors import OptionError, StoreError, option
 from landscape.files import PathLike
 from landscape.plot.sharpening import (
+    THRESHOLD_STYLE,
     _default_labels,
-    _number,
     _scale_sharpness,
     _step_formatter,
+    draw_thresholds,
+    label_thresholds,
     load_sharpening_run,
-    stability_threshold,
+    markevery,
+    run_style_of,
 )
-from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
+from landscape.plot.style import COLUMN_WIDTH, legend_columns, new_figure, paper_style, save
 
-__all__ = ["CurvatureRun", "load_curvature_run", "plot_curvature"]
+__all__ = ["CurvatureRun", "load_curvature_run", "plot_curvature", "trace_band"]
 
 STEP_LABEL = "step"
 LAMBDA_LABEL = r"top eigenvalue $\lambda_{\max}$"
@@ -58,6 +65,8 @@ OPTIONS = {
 
 DASHED = "--"
 DOTTED = ":"
+#: the 2/η line: grey like the sharpening figure's, dotted here (dashes are the GGN's)
+THRESHOLD = {**THRESHOLD_STYLE, "linestyle": DOTTED, "linewidth": 0.9}
 UNDERLAY = {"linewidth": 2.4, "alpha": 0.35, "solid_capstyle": "butt"}
 
 
@@ -143,36 +152,34 @@ def plot_curvature(runs: Union[PathLike, Sequence[PathLike]], output: Optional[P
         axes = fig.subplots(rows, 1, sharex=True, gridspec_kw={"hspace": 0.12})
         sharp, jac = axes[0], axes[1]
         run_handles, lam_values, jac_values, trace_values = [], [], [], []
-        for i, (run, label) in enumerate(zip(loaded, labels)):
-            color = COLORS[i % len(COLORS)]
+        for i, (run, label, style) in enumerate(zip(loaded, labels, run_style_of(loaded))):
+            color, every = style.color, markevery(len(run.steps), i, len(loaded))
+            marks = {"marker": style.marker, "markevery": every}
             with_ggn = show_ggn and run.lambda_max_ggn is not None
             # under a GGN curve the Hessian's is a wide pale band, so the dashes stay visible where the two agree
             sharp.plot(run.steps, run.lambda_max, color=color, label=f"{label}: {run.matrix}", zorder=3,
-                       **(UNDERLAY if with_ggn else {}))
-            run_handles.append(Line2D([], [], color=color, label=label))
+                       **(UNDERLAY if with_ggn else marks))
+            run_handles.append(Line2D([], [], color=color, marker=style.marker, label=label))
             lam_values.extend(run.lambda_max[np.isfinite(run.lambda_max)].tolist())
             if with_ggn:
                 sharp.plot(run.steps, run.lambda_max_ggn, color=color, linestyle=DASHED, linewidth=0.9,
-                           label=f"{label}: GGN", zorder=4)
+                           label=f"{label}: GGN", zorder=4, **marks)
                 lam_values.extend(run.lambda_max_ggn[np.isfinite(run.lambda_max_ggn)].tolist())
-            if run.lr is not None:
-                threshold = stability_threshold(run.lr)
-                sharp.axhline(threshold, color=color, linestyle=DOTTED, linewidth=0.9, alpha=0.9,
-                              label=f"2/η = {_number(threshold)}", zorder=2)
-                lam_values.append(threshold)
-            jac.plot(run.steps, run.jacobian_mean, color=color, label=f"{label}: mean", zorder=3)
+            jac.plot(run.steps, run.jacobian_mean, color=color, label=f"{label}: mean", zorder=3, **marks)
             jac.plot(run.steps, run.jacobian_max, color=color, linestyle=DASHED, linewidth=0.9,
                      label=f"{label}: max", zorder=3)
             jac_values.extend(v for v in (*run.jacobian_mean, *run.jacobian_max) if np.isfinite(v))
             if show_trace and run.trace is not None:
                 tr = axes[2]
-                tr.plot(run.steps, run.trace, color=color, label=label, zorder=3)
+                tr.plot(run.steps, run.trace, color=color, label=label, zorder=3, **marks)
                 if run.trace_stderr is not None:
-                    tr.fill_between(run.steps, run.trace - run.trace_stderr, run.trace + run.trace_stderr,
-                                    color=color, alpha=0.25, linewidth=0)
+                    tr.fill_between(run.steps, *trace_band(run.trace, run.trace_stderr), color=color, alpha=0.25,
+                                    linewidth=0)
                 trace_values.extend(run.trace[np.isfinite(run.trace)].tolist())
+        thresholds = draw_thresholds(sharp, [run.lr for run in loaded], THRESHOLD)
 
-        _scale_sharpness(sharp, lam_values)
+        _scale_sharpness(sharp, lam_values + thresholds)
+        label_thresholds(sharp, thresholds)
         _scale_positive(jac, jac_values)
         sharp.set_ylabel(LAMBDA_LABEL)
         jac.set_ylabel(JACOBIAN_LABEL)
@@ -188,29 +195,38 @@ def plot_curvature(runs: Union[PathLike, Sequence[PathLike]], output: Optional[P
             if ax is not axes[-1]:
                 ax.tick_params(labelbottom=False)
 
-        style = dict(color="0.3")
-        keys = [Line2D([], [], linestyle="-", label=matrix, **style, **(UNDERLAY if show_ggn else {}))]
+        key = dict(color="0.3")
+        keys = [Line2D([], [], linestyle="-", label=matrix, **key, **(UNDERLAY if show_ggn else {}))]
         if show_ggn:
-            keys.append(Line2D([], [], linestyle=DASHED, linewidth=0.9, label="GGN", **style))
-        keys.append(Line2D([], [], linestyle=DOTTED, linewidth=0.9, label="2/η", **style))
+            keys.append(Line2D([], [], linestyle=DASHED, linewidth=0.9, label="GGN", **key))
+        keys.append(Line2D([], [], label="2/η", **THRESHOLD))
         sharp.add_artist(sharp.legend(handles=keys, loc="best", ncol=len(keys)))  # kept by the next legend
-        jac.legend(handles=[Line2D([], [], linestyle="-", label="mean", **style),
-                            Line2D([], [], linestyle=DASHED, linewidth=0.9, label="max", **style)],
+        jac.legend(handles=[Line2D([], [], linestyle="-", label="mean", **key),
+                            Line2D([], [], linestyle=DASHED, linewidth=0.9, label="max", **key)],
                    loc="best", ncol=2)
         sharp.legend(handles=run_handles, labels=labels, loc="lower center", bbox_to_anchor=(0.5, 1.0),
-                     ncol=min(len(labels), 4), borderaxespad=0.2, title=title)
+                     ncol=legend_columns(labels), borderaxespad=0.2, title=title)
         fig.align_ylabels(list(axes))
         if output is not None:
             save(fig, output)
     return fig
 
 
+def trace_band(trace: np.ndarray, stderr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lower and upper edges of the trace's ± one standard error band, the lower one stopping at zero where the
+    estimate itself is positive."""
+    trace, stderr = np.asarray(trace, dtype=float), np.asarray(stderr, dtype=float)
+    lower = trace - stderr
+    return np.where(trace > 0, np.maximum(lower, 0.0), lower), trace + stderr
+
+
 def _scale_positive(ax: Any, values: list[float]) -> None:
-    """Log when the positive values span more than a factor of 30, else linear from 0 with headroom for the key."""
+    """Log when the positive values span more than a factor of 30, else linear from 0 with headroom for the key and
+    the panel letter."""
     positive = [v for v in values if v > 0 and np.isfinite(v)]
     if positive and max(positive) / min(positive) > 30:
         ax.set_yscale("log")
         ax.set_ylim(min(positive) / 1.5, max(positive) * 1.5)
     elif values:
         top = max(values)
-        ax.set_ylim(min(0.0, min(values)), top * 1.15 if top > 0 else 1.0)
+        ax.set_ylim(min(0.0, min(values)), top * 1.22 if top > 0 else 1.0)

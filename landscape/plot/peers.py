@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from landscape import store
 from landscape.errors import OptionError, StoreError, option
 from landscape.files import PathLike
+from landscape.plot.sharpening import log_axis
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
 
 __all__ = ["PeerPoint", "load_peer_points", "plot_peers"]
@@ -106,8 +107,11 @@ def plot_peers(paths: Union[PathLike, Sequence[PathLike]], output: Optional[Path
     with paper_style():
         columns = min(len(tasks), 2)
         rows = math.ceil(len(tasks) / columns)
-        fig = new_figure(COLUMN_WIDTH if columns == 1 else TEXT_WIDTH, 2.3 * rows + 0.4)
-        axes = fig.subplots(rows, columns, squeeze=False, gridspec_kw={"hspace": 0.5, "wspace": 0.3}).ravel()
+        height = 2.3 * rows + 0.4
+        fig = new_figure(COLUMN_WIDTH if columns == 1 else TEXT_WIDTH, height)
+        # the panels' titles just below the legend (which sits above the figure's top edge), with no empty band
+        axes = fig.subplots(rows, columns, squeeze=False, gridspec_kw={"hspace": 0.5, "wspace": 0.3,
+                                                                       "top": 1 - 0.22 / height}).ravel()
         for ax, task in zip(axes, tasks):
             _panel(ax, [p for p in points if p.task == task], task, colors, several)
         for ax in axes[len(tasks):]:
@@ -133,8 +137,8 @@ def _panel(ax: Any, points: Sequence[PeerPoint], task: str, colors: dict[str, st
                 marker=_marker(point, libraries, several), color=colors[point.library],
                 markersize=7 if ours else 4, markeredgecolor="black" if ours else colors[point.library],
                 markeredgewidth=0.6 if ours else 0.0, alpha=1.0 if ours else 0.8, zorder=3 if ours else 2)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axis(ax, "x")
+    log_axis(ax, "y")
     ax.set_title(TASK_TITLES.get(task, task))
     ax.set_xlabel("wall time (s)")
     error_kinds = {"top1": "max rel. error", "top5": "max rel. error", "trace": "mean abs rel. error",
@@ -150,5 +154,5 @@ def _legend(fig: Figure, libraries: Sequence[str], colors: dict[str, str], files
                for i, lib in enumerate(libraries)]
     handles += [Line2D([], [], linestyle="none", color="0.4", marker=FILE_MARKERS[i % len(FILE_MARKERS)], label=name)
                 for i, name in enumerate(files)]
-    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.98), ncol=min(len(handles), 4),
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(handles), 4),
                borderaxespad=0.0, handlelength=1.0)

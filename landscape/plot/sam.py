@@ -7,8 +7,12 @@ gradient descent and SAM oscillate along v from one wall to the other (Bartlett,
 top panel shows as a zig-zag; several runs (e.g. SGD and SAM) are overlaid.
 
 v is the eigenvector of the latest curvature record, so it changes at every record, and its sign may flip: the
-projection is drawn as one piece per record interval, broken where v changes, and by default each piece minus its
-mean ⟨θ̄, v⟩, i.e. the oscillation about the valley floor between two records, comparable across pieces and runs.
+projection is drawn as one piece per record interval, broken where v changes, and by default minus its local mean
+θ̄_t = (θ_{t−1} + 2θ_t + θ_{t+1})/4 (within the piece): the bounce about the valley floor, ±a exactly for a 2-cycle
+±a, while the floor's own drift along v (a straight line, or a slow curve) is removed. Centring each piece on its
+whole mean instead would leave that drift in, so consecutive pieces would form a saw-tooth that jumps at every
+record. Each run has its optimizer's colour and marker, and the λmax panel has the grey 2/η line of the other
+figures for each run whose λmax comes within a factor 2 of it.
 """
 
 from __future__ import annotations
@@ -21,21 +25,27 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from landscape import store
 from landscape.errors import OptionError, StoreError, option
 from landscape.files import PathLike
-from landscape.plot.sharpening import LAMBDA_LABEL, _number, _step_formatter
-from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
+from landscape.plot.sharpening import (
+    LAMBDA_LABEL,
+    _step_formatter,
+    draw_thresholds,
+    label_thresholds,
+    markevery,
+    run_style_of,
+)
+from landscape.plot.style import COLUMN_WIDTH, legend_columns, new_figure, paper_style, run_labels, save
 
 __all__ = ["SamRun", "load_sam_run", "plot_sam", "projection_pieces"]
 
 PROJECTION_LABEL = "along top eigenvector\n" r"$\langle\theta_t, v_1\rangle$"
-CENTERED_LABEL = "along top eigenvector\n" r"$\langle\theta_t - \bar\theta, v_1\rangle$"
+CENTERED_LABEL = "along top eigenvector\n" r"$\langle\theta_t - \bar\theta_t, v_1\rangle$"
 STEP_LABEL = "step"
-#: hyperparameters named in the default labels (the others are left to the run's settings)
-LABELLED_HYPERPARAMETERS = {"rho": "ρ", "sigma": "σ"}
 
 
 @dataclass(frozen=True)
@@ -77,30 +87,36 @@ def load_sam_run(path: PathLike) -> SamRun:
 def projection_pieces(steps: np.ndarray, values: np.ndarray, record_steps: np.ndarray, *,
                       center: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``steps`` and ``values`` with a NaN inserted wherever the eigenvector changes, so a line breaks there; with
-    ``center``, each piece minus its mean (the oscillation about the valley floor, whatever v's sign).
+    ``center``, each value minus its local mean within its piece (the bounce about the valley floor, whatever v's
+    sign; see :func:`about_local_mean`).
 
     The projection at step s uses the eigenvector of the latest record made before s (a record at step r is taken
     after the update of step r), so the pieces are the step intervals (r_k, r_{k+1}]."""
     piece = np.searchsorted(record_steps, steps, side="left")
     starts = np.flatnonzero(np.diff(piece)) + 1
     if center:
-        values = np.concatenate([part - part.mean() for part in np.split(values, starts)])
+        values = np.concatenate([about_local_mean(part) for part in np.split(values, starts)])
     return np.insert(steps, starts, np.nan), np.insert(values, starts, np.nan)
 
 
+def about_local_mean(values: np.ndarray) -> np.ndarray:
+    """``values`` minus their local mean (x_{t−1} + 2x_t + x_{t+1})/4, continued straight to either end (from four
+    values on; the mean of the two end values for fewer): a 2-cycle ±a about a straight line gives ±a exactly."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return np.zeros_like(values)
+    floor = np.empty_like(values)
+    floor[1:-1] = (values[:-2] + 2 * values[1:-1] + values[2:]) / 4
+    if len(values) >= 4:
+        floor[0], floor[-1] = 2 * floor[1] - floor[2], 2 * floor[-2] - floor[-3]
+    else:
+        floor[0], floor[-1] = (values[0] + values[1]) / 2, (values[-1] + values[-2]) / 2
+    return values - floor
+
+
 def _default_labels(runs: Sequence[SamRun]) -> list[str]:
-    """``SAM (ρ = 0.05)``, ``SGD``...; η is added when the runs' rates differ, the file name when labels repeat."""
-    labels = []
-    lrs = {run.settings.get("lr") for run in runs}
-    for run in runs:
-        name = str(run.settings.get("optimizer", run.path.stem)).upper()
-        hyper = run.settings.get("hyperparameters") or {}
-        parts = [f"{symbol} = {_number(hyper[key])}" for key, symbol in LABELLED_HYPERPARAMETERS.items()
-                 if isinstance(hyper.get(key), (int, float))]
-        if len(lrs) > 1 and isinstance(run.settings.get("lr"), (int, float)):
-            parts.append(f"η = {_number(run.settings['lr'])}")
-        labels.append(f"{name} ({', '.join(parts)})" if parts else name)
-    return [f"{label}: {run.path.stem}" if labels.count(label) > 1 else label for label, run in zip(labels, runs)]
+    """``SAM (ρ = 0.05)``, ``GD``...; η is added when the runs' rates differ, the file name when labels repeat."""
+    return run_labels(runs)
 
 
 def plot_sam(runs: Union[PathLike, Sequence[PathLike]], output: Optional[PathLike], *,
@@ -110,10 +126,11 @@ def plot_sam(runs: Union[PathLike, Sequence[PathLike]], output: Optional[PathLik
     to ``output`` (a path without suffix: ``output.png`` and ``output.pdf``; None writes nothing).
 
     Every run needs ``run/top_projection`` and curvature records (``--track-every N``). ``labels``: one per run
-    (default: the optimizer and its ρ, e.g. ``SAM (ρ = 0.05)``). ``center``: draw each record interval's
-    projection minus its mean θ̄ (False: the raw ⟨θ_t, v⟩, whose level jumps where v changes). ``window``: only the
+    (default: the optimizer and its ρ, e.g. ``SAM (ρ = 0.05)``). ``center``: draw the projection minus its local
+    mean θ̄_t = (θ_{t−1} + 2θ_t + θ_{t+1})/4 within each record interval (False: the raw ⟨θ_t, v⟩, whose level
+    jumps where v changes). ``window``: only the
     steps from ``window[0]`` to ``window[1]``, e.g. the last few dozen, where the per-step zig-zag that a long run
-    draws as a solid band can be seen step by step (pieces are still centred on their full mean). The run with the
+    draws as a solid band can be seen step by step. The run with the
     widest oscillation is drawn lowest, so a calmer run stays visible over it. Returns the figure (made without
     pyplot: nothing to close).
     """
@@ -134,26 +151,37 @@ def plot_sam(runs: Union[PathLike, Sequence[PathLike]], output: Optional[PathLik
                           window) for run in loaded]
         spread = [float(np.nanstd(y)) if np.isfinite(y).any() else 0.0 for _, y in pieces]
         depth = {index: rank for rank, index in enumerate(np.argsort(spread)[::-1])}
-        for i, (run, label, (x, y)) in enumerate(zip(loaded, labels, pieces)):
-            color = COLORS[i % len(COLORS)]
-            top.plot(x, y, color=color, linewidth=0.8, label=label, zorder=3 + depth[i],
+        for i, (run, label, (x, y), style) in enumerate(zip(loaded, labels, pieces, run_style_of(loaded))):
+            top.plot(x, y, color=style.color, linewidth=0.8, label=label, zorder=3 + depth[i],
                      rasterized=len(x) > 5000)  # dense per-step curves as an image inside the PDF
             records, sharpness = _within(run.curvature_steps, run.lambda_max, window)
-            bottom.plot(records, sharpness, color=color, label=label, zorder=3 + depth[i],
-                        marker="o" if len(records) <= 30 else None)
+            bottom.plot(records, sharpness, color=style.color, label=label, zorder=3 + depth[i], marker=style.marker,
+                        markevery=markevery(len(records), i, len(loaded)))
+        # 2/η only where a run comes within a factor 2 of it, so a far-away line does not flatten the λmax curves
+        near = [_lr(run) for run in loaded if _lr(run) is not None and np.nanmax(run.lambda_max) * _lr(run) >= 1]
+        thresholds = draw_thresholds(bottom, near)
         last = max(max(float(run.steps.max()), float(run.curvature_steps.max())) for run in loaded)
         top.set_xlim(window if window is not None else (0, last if last > 0 else 1))
         top.set_ylabel(CENTERED_LABEL if center else PROJECTION_LABEL)
         bottom.set_ylabel(LAMBDA_LABEL)
         bottom.set_xlabel(STEP_LABEL)
+        bottom.set_ylim(0, bottom.get_ylim()[1] * 1.08)  # from zero, with room for the 2/η label above its line
+        label_thresholds(bottom, thresholds)
         bottom.xaxis.set_major_formatter(FuncFormatter(_step_formatter))
         top.tick_params(labelbottom=False)
-        top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 3), borderaxespad=0.2,
-                   title=title)
+        handles = [Line2D([], [], color=s.color, marker=s.marker, label=label)
+                   for s, label in zip(run_style_of(loaded), labels)]
+        top.legend(handles=handles, labels=labels, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                   ncol=legend_columns(labels), borderaxespad=0.2, title=title)
         fig.align_ylabels([top, bottom])
         if output is not None:
             save(fig, output)
     return fig
+
+
+def _lr(run: SamRun) -> Optional[float]:
+    lr = run.settings.get("lr")
+    return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
 
 
 def _within(x: np.ndarray, y: np.ndarray, window: Optional[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from landscape import store
 from landscape.errors import OptionError, StoreError
 from landscape.files import PathLike
 from landscape.plot.style import COLORS, COLUMN_WIDTH, new_figure, paper_style, save
+from landscape.plot.paths import draw_barrier, draw_trajectory, pca_axis_labels
 from landscape.results import SurfaceResult
 
 __all__ = ["VIEWS", "axis_labels", "load_surface", "plot_surface"]
@@ -76,6 +77,8 @@ def axis_labels(result: SurfaceResult, origin: str = "A") -> tuple[str, str]:
         values = list(result.eigenvalues or [])
         labels = [f"{ORDINALS[i]} Hessian eigenvector" + (f" (λ = {values[i]:.3g})" if i < len(values) else "")
                   for i in (0, 1)]
+    elif result.kind == "pca":
+        labels = list(pca_axis_labels(result))
     elif result.kind in ("line", "plane"):
         names = _names(result, origin)
         labels = [f"α ({names[0]} → {names[1]})", f"β ({names[0]} → {names[2]})" if len(names) > 2 else ""]
@@ -157,6 +160,7 @@ def _draw_curve(ax: Any, result: SurfaceResult, name: str) -> None:
         twin.set_ylabel("accuracy", color=COLORS[1])
         handles = handles + twin.get_lines()[:1]
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=2, borderaxespad=0.2)
+    draw_barrier(ax, result)
 
 
 def _levels(values: np.ndarray) -> tuple[np.ndarray, Normalize]:
@@ -190,6 +194,7 @@ def _draw_contour(fig: Figure, ax: Any, result: SurfaceResult, name: str) -> Non
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_box_aspect(1)
+    draw_trajectory(ax, result)
     bar = fig.colorbar(filled, ax=ax, fraction=0.05, pad=0.03)
     bar.set_label(_loss_label(result))
     if isinstance(norm, LogNorm):
