@@ -376,6 +376,7 @@ def analyze(
     report: Any = None,
     note: Any = None,
     runtime: Runtime = LOCAL,
+    test_data: Optional[LoadedData] = None,
 ) -> list[CheckpointSummary]:
     """Analyse every checkpoint and add its results to ``output``, one atomic write per checkpoint.
 
@@ -389,6 +390,10 @@ def analyze(
     of the process group with the same arguments (``data`` the whole data set); each rank works on its shard of the
     data, the curvature products are all-reduced, and the writing rank (rank 0) alone reports, shows progress and
     writes ``output`` (the other ranks return the same summaries).
+
+    ``test_data``: a held-out split (the test split of the data analysed); each checkpoint's mean loss and accuracy
+    on it are recorded too (``test_loss``, ``test_accuracy``), which ``landscape compare`` shows beside the training
+    ones.
     """
     writer = runtime.is_writer
     if not writer:
@@ -426,6 +431,10 @@ def analyze(
         seconds = time.perf_counter() - start
         attrs = checkpoint_attrs(checkpoint, data, loss, used, command)
         attrs.update(loss=loss_value, accuracy=accuracy, seconds=seconds, notes=notes or None, **runtime.as_attrs())
+        if test_data is not None and writer:
+            test_loss, test_accuracy = fit(checkpoint.model, loss, test_data.batches, dtype=used.dtype,
+                                           device=used.device)
+            attrs.update(test_loss=test_loss, test_accuracy=test_accuracy, test_data=test_data.description)
         name = checkpoint.info.name
         if writer:
             with store.update_results(out_path) as handle:

@@ -13,15 +13,17 @@ Nothing is recomputed: a measure that was not recorded is None.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from typing import Callable, Mapping, Optional, Sequence
 
+from landscape.errors import OptionError, option
 from landscape.files import PathLike
 from landscape.report import format_table
 from landscape.results import FlatnessRow, Result, sharpness_labels, sharpness_measures, source_labels
 from landscape.store import flatness_rows
 
-__all__ = ["compare", "flatness_table", "sharpness_table", "measure_cell", "TABLE_HEADERS"]
+__all__ = ["compare", "select_rows", "flatness_table", "sharpness_table", "measure_cell", "TABLE_HEADERS"]
 
 #: The table's columns; a column per sharpness measure (its label, see :func:`~landscape.results.sharpness_labels`)
 #: comes after |J|₂ max.
@@ -81,15 +83,39 @@ def sharpness_table(results: Mapping[str, Mapping[str, Result]], markdown: bool 
     return format_table(("checkpoint", *labels), cells, markdown=markdown)
 
 
+def select_rows(rows: Sequence[FlatnessRow], *, last: bool = False,
+                checkpoints: Optional[Sequence[str]] = None) -> list[FlatnessRow]:
+    """The rows whose name matches one of the glob patterns ``checkpoints`` (all when None; a run's row is named
+    "run"), then, with ``last``, each file's row of the largest step (its last row where no step is recorded);
+    OptionError when nothing is left."""
+    chosen = [row for row in rows if checkpoints is None
+              or any(fnmatch.fnmatchcase(row.name, pattern) for pattern in checkpoints)]
+    if last:
+        latest: dict[str, FlatnessRow] = {}
+        for row in chosen:
+            held = latest.get(row.source)
+            if held is None or (row.step if row.step is not None else math.inf) >= (
+                    held.step if held.step is not None else -math.inf):
+                latest[row.source] = row
+        chosen = [row for row in chosen if latest.get(row.source) is row]
+    if not chosen:
+        names = ", ".join(sorted({row.name for row in rows})) or "none"
+        raise OptionError(f"no checkpoint matches {option('checkpoints', '--checkpoint')} "
+                          f"{', '.join(checkpoints or [])}; the files hold: {names}")
+    return chosen
+
+
 def compare(paths: Sequence[PathLike], *, markdown: bool = False, figure: Optional[PathLike] = None,
-            say: Callable[[str], None] = print) -> list[FlatnessRow]:
-    """The flatness rows of the results and run files in ``paths``: their table goes to ``say`` (``markdown``: as a
-    GitHub table), then, when ``figure`` is given, they are drawn as bar panels into ``figure``.png and .pdf and
-    ``say`` gets the line naming the files written."""
+            say: Callable[[str], None] = print, last: bool = False,
+            checkpoints: Optional[Sequence[str]] = None) -> list[FlatnessRow]:
+    """The flatness rows of the results and run files in ``paths`` (those :func:`select_rows` keeps with ``last``
+    and ``checkpoints``): their table goes to ``say`` (``markdown``: as a GitHub table), then, when ``figure`` is
+    given, they are drawn as bar panels into ``figure``.png and .pdf and ``say`` gets the line naming the files
+    written."""
     from landscape.plot.compare import plot_flatness
     from landscape.plot.style import save
 
-    rows = flatness_rows(paths)
+    rows = select_rows(flatness_rows(paths), last=last, checkpoints=checkpoints)
     say(flatness_table(rows, markdown=markdown))
     if figure is not None:
         written = save(plot_flatness(rows, None), figure)

@@ -106,14 +106,15 @@ def train_all(out: Path, s: DemoSettings, progress: Optional[bool], say: Callabl
 
 
 def analyse_minima(out: Path, s: DemoSettings, progress: Optional[bool], say: Callable[[str], None]) -> Path:
-    """Spectrum, trace and Jacobian norms of each minimum, then a 2-D filter-normalized surface through it."""
+    """Spectrum, trace and Jacobian norms of each minimum (with its test loss and accuracy), then a 2-D
+    filter-normalized surface through it."""
     minima = [str(out / f"minimum_{name}.pt") for name in RECIPES]
     results = out / "minima.h5"
     data = load_data("digits", split="train", subset=s.subset, seed=s.seed)  # the samples the runs trained on
     settings = AnalysisSettings(metrics=("eigs", "trace", "density", "jacobian"), top_k=5,
                                 density_steps=s.density_steps, dtype=s.dtype, device=s.device, seed=s.seed)
     analyze(minima, data=data, loss=LOSS, output=str(results), settings=settings,
-            command="landscape demo", progress=progress)
+            command="landscape demo", progress=progress, test_data=load_data("digits", split="test"))
     grid = parse_grid(s.grid)
     for path in minima:
         checkpoint = load_checkpoint(path)

@@ -30,13 +30,14 @@ def _train(path, lr: float, *extra: str) -> None:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Two tracked runs (η = 0.2 and 0.05) and the analysis of the first run's two checkpoints."""
+    """Two tracked runs (η = 0.2 and 0.05) and the analysis of the first run's two checkpoints (without the test
+    split, so that a row lacks a test accuracy)."""
     folder = tmp_path_factory.mktemp("compare")
     paths = {name: folder / f"{name}.h5" for name in (*LRS, "results")}
     for name, lr in LRS.items():
         _train(paths[name], lr, "--track-jacobian", "--save-every", "20")
     code = main(["analyze", str(folder / "fast_checkpoints"), "--data", "digits", "--subset", "200", "--metrics",
-                 "eigs,trace,jacobian", "--top-k", "2", "--trace-matvecs", "12", "--quiet",
+                 "eigs,trace,jacobian", "--top-k", "2", "--trace-matvecs", "12", "--quiet", "--no-test",
                  "-o", str(paths["results"])])
     assert code == 0
     return paths

@@ -156,8 +156,9 @@ def test_compare_figure_has_a_readable_panel_per_measure(analysed, tmp_path):
     assert (tmp_path / "compare.png").stat().st_size > 1000 and (tmp_path / "compare.pdf").is_file()
     rows = store.flatness_rows([out])
     labels = [ax.get_xlabel() for ax in fig.axes]
-    assert len(fig.axes) == 2 + 6  # λmax, trace, six measures: wrapped into lines of three
-    assert labels[2:] == ["worst-case sharpness\nρ=0.1", "worst-case sharpness\nadaptive ρ=0.05 m=50 ± s.e.",
+    assert len(fig.axes) == 2 + 6 + 1  # λmax, trace, six measures, test accuracy: wrapped into lines of three
+    assert labels[-1] == "test accuracy"
+    assert labels[2:-1] == ["worst-case sharpness\nρ=0.1", "worst-case sharpness\nadaptive ρ=0.05 m=50 ± s.e.",
                           "average-case sharpness\nρ=0.1 ± s.e.", "average-case sharpness\nadaptive ρ=0.05 ± s.e.",
                           "Fisher-Rao norm\n± s.e.", "relative flatness"]
     order = ["worst ρ=0.1", "worst-adaptive ρ=0.05 m=50", "average ρ=0.1", "average-adaptive ρ=0.05", "fisher-rao",

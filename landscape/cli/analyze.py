@@ -8,7 +8,8 @@ import sys
 from typing import Optional, Sequence
 
 from landscape.analysis import SHARPNESS_MEASURES
-from landscape.cli.options import DTYPES, add_input_arguments, add_precision_arguments, command_line, load_inputs
+from landscape.cli.options import (DTYPES, add_input_arguments, add_precision_arguments, command_line, load_inputs,
+                                   load_test_split)
 from landscape.distributed import Runtime, run_launched
 from landscape.linalg.trace import METHODS as TRACE_METHODS
 from landscape.operators.factory import CURVATURES
@@ -103,6 +104,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="results.h5", metavar="FILE", help="HDF5 results file; created, or "
                    "added to (default: results.h5)")
     p.add_argument("--resume", action="store_true", help="skip checkpoints whose results the output already holds")
+    p.add_argument("--no-test", action="store_true", help="do not record the test split's loss and accuracy (by "
+                   "default, when --split is train and the data has a test split, e.g. digits or a file with X_test, "
+                   "each checkpoint's test loss and accuracy are recorded too: one pass over the test data)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
 
@@ -135,6 +139,7 @@ def _analyze(args: argparse.Namespace, argv: Sequence[str], device: Optional[str
         sharpness_samples=args.sharpness_samples, chunk_size=args.chunk_size,
     )
     model_kwargs, data, loss = load_inputs(args)
+    test_data = load_test_split(args)
     writer = runtime.is_writer
     say = None if args.quiet or not writer else (lambda line: print(line, file=sys.stderr))
     summaries = analyze(
@@ -142,6 +147,7 @@ def _analyze(args: argparse.Namespace, argv: Sequence[str], device: Optional[str
         model_kwargs=model_kwargs, trust=args.trust_checkpoint, resume=args.resume,
         command=command_line(argv), progress=False if args.quiet else None,
         report=say, note=(lambda line: print(line, file=sys.stderr)) if writer else None, runtime=runtime,
+        test_data=test_data,
     )
     if writer:
         if summaries:

@@ -63,6 +63,20 @@ def load_inputs(args: argparse.Namespace) -> tuple[Optional[dict], LoadedData, A
     return model_kwargs, data, resolve_loss(args.loss, data.task)
 
 
+def load_test_split(args: argparse.Namespace) -> Optional[LoadedData]:
+    """The test split of ``--data`` when the analysed split is train and the data has one (a built-in set with a test
+    split, a file with X_test), batched as the options say; None otherwise or with --no-test."""
+    from landscape.data import load_data
+    from landscape.errors import DataError
+
+    if args.split != "train" or getattr(args, "no_test", False):
+        return None
+    try:
+        return load_data(args.data, split="test", batch_size=args.batch_size, seed=args.seed, seq_len=args.seq_len)
+    except (DataError, OptionError):  # no test split: nothing to add
+        return None
+
+
 def add_precision_arguments(p: argparse.ArgumentParser, *, dtype_help: str = "precision") -> None:
     """--dtype (a key of :data:`DTYPES`, default float32; ``dtype_help`` says what it sets) and --device (checked by
     :func:`landscape.cli.main` before any work)."""
