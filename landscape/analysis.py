@@ -29,6 +29,7 @@ from landscape.operators.functional import ModelLoss, call_with, evaluate_loss
 from landscape.operators.factory import CURVATURES, check_compile
 from landscape.param_blocks import Block, model_blocks
 from landscape.results import CheckpointSummary, Result, SharpnessResult
+from landscape.tokens import TokenBatches
 
 METRICS = ("eigs", "trace", "density", "jacobian", "sharpness")
 #: The metrics computed unless told otherwise (sharpness takes gradient passes over the data: only when asked).
@@ -268,15 +269,34 @@ def first_batch(data: Any) -> Any:
     raise AssertionError("checked_batches yields or raises")
 
 
+def with_largest_token(batch: Any, data: LoadedData) -> Any:
+    """For token data, ``batch`` with its first token set to the largest token of the whole data (when larger), so
+    that the check of the first batch also catches a token beyond the model's vocabulary in a later batch."""
+    if data.task != "language-model" or not isinstance(batch[0], torch.Tensor):
+        return batch
+    if data.num_classes is not None:
+        largest = data.num_classes - 1
+    elif isinstance(data.batches, TokenBatches):
+        largest = data.batches.largest_token()
+    else:
+        return batch
+    if int(batch[0].max()) >= largest:
+        return batch
+    tokens = batch[0].clone()
+    tokens.view(-1)[0] = largest
+    return (tokens, tokens) if torch.equal(batch[0], batch[1]) else (tokens, batch[1])
+
+
 def check_pairing(checkpoint: Checkpoint, loss: Any, data: LoadedData) -> None:
-    """Run the model and loss on the first batch: wrong shapes, bad labels or a non-finite loss fail here, clearly."""
+    """Run the model and loss on the first batch (holding the data's largest token, for token data): wrong shapes,
+    bad labels, a token beyond the vocabulary or a non-finite loss fail here, clearly."""
     model = checkpoint.model
     where = checkpoint.info.path
     param = next(model.parameters(), None)
     if param is None:
         raise LandscapeError(f"{where}: the model has no parameters")
     dtype = compute_dtype(param.dtype)  # a half-precision checkpoint is checked as it is computed: in float32
-    batch = move_batch(first_batch(data.batches), param.device, dtype)
+    batch = move_batch(with_largest_token(first_batch(data.batches), data), param.device, dtype)
     state = move_batch(dict(model.named_parameters()) | dict(model.named_buffers()), param.device, dtype)
     try:
         with no_grad_unless(loss):
@@ -288,7 +308,8 @@ def check_pairing(checkpoint: Checkpoint, loss: Any, data: LoadedData) -> None:
     except Exception as err:  # the model's own code failing on this data: say where, keep the first line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if data.task == "language-model":  # an embedding's "index out of range" is a token beyond the vocabulary
-            first += f" (the largest token of the batch is {int(batch[0].max())}: within the model's vocabulary?)"
+            first += (f" (the largest token of {data.spec} is {int(batch[0].max())}: within the model's "
+                      "vocabulary?)")
         raise LandscapeError(f"{where}: the model fails on a batch of {data.spec}: {first}") from None
     if not isinstance(value, torch.Tensor) or value.ndim != 0:
         raise LossError(f"the loss {loss_name(loss)} must return a scalar (the batch mean)")

@@ -39,6 +39,10 @@ class TokenArray:
     tags: list[str]
 
 
+#: rows read at a time when a stream's largest token is looked for
+LARGEST_CHUNK_ROWS = 65536
+
+
 class TokenBatches:
     """Batches ``(tokens, tokens)`` of int64 sequences (``batch_size`` each), read on demand from the rows of a
     (memory-mapped) array: ``index`` (sorted) selects rows, default all. Every pass reads its batches again."""
@@ -59,6 +63,15 @@ class TokenBatches:
         """The selected sequences ``start:stop`` as an int64 tensor (B, T), read from the array."""
         rows = self.rows[start:stop] if self.index is None else self.rows[self.index[start:stop]]
         return as_tokens(rows, self.source)
+
+    def largest_token(self) -> int:
+        """The largest token of the selected sequences (one pass over the array, in chunks of rows)."""
+        largest = 0
+        for start in range(0, self.num_sequences, LARGEST_CHUNK_ROWS):
+            stop = start + LARGEST_CHUNK_ROWS
+            rows = self.rows[start:stop] if self.index is None else self.rows[self.index[start:stop]]
+            largest = max(largest, int(np.max(rows)))
+        return largest
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every selected sequence in memory, as one ``(tokens, tokens)`` pair (training draws its own batches)."""

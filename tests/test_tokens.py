@@ -213,4 +213,25 @@ def test_tokens_beyond_the_vocabulary_fail_in_one_line(tmp_path, gpt_checkpoint,
                  "-o", str(tmp_path / "r.h5")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "index out of range" in err and "the largest token of the batch is 11" in err
+    assert "index out of range" in err and "seqs.npy is 11" in err
+
+
+@pytest.mark.parametrize("extra", [["--batch-size", "2"], [], ["--seq-len", "8"]])
+def test_a_token_beyond_the_vocabulary_in_a_later_batch_fails_before_any_work(tmp_path, gpt_checkpoint, capsys,
+                                                                               extra):
+    """Streamed from disk (--batch-size, a .bin stream) or held in memory: the check of the first batch sees the data's
+    largest token, so a bad token in the last sequence fails up front, in one line, with no results file."""
+    sequences = np.random.default_rng(0).integers(0, GPT["vocab_size"], (6, 8))
+    sequences[-1, -1] = GPT["vocab_size"] + 3
+    if "--seq-len" in extra:
+        sequences.astype(np.uint16).reshape(-1).tofile(tmp_path / "data.bin")
+        data = tmp_path / "data.bin"
+    else:
+        np.save(tmp_path / "data.npy", sequences)
+        data = tmp_path / "data.npy"
+    code = main(["analyze", str(gpt_checkpoint), "--data", str(data), "--metrics", "eigs", "--top-k", "1", "--quiet",
+                 "-o", str(tmp_path / "r.h5"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"is {GPT['vocab_size'] + 3}" in err and "vocabulary" in err
+    assert not (tmp_path / "r.h5").exists()
