@@ -127,7 +127,7 @@ def plot_flatness(rows: Sequence[FlatnessRow], output: Optional[PathLike]) -> Fi
         one_row_per_file = len(files) == len(rows)
         axes[0].set_yticks(range(len(rows)), [_row_label(row, files, one_row_per_file) for row in rows])
         axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the first row on top, as in the table
-        if not one_row_per_file:
+        if not one_row_per_file and len(sources) > 1:  # one file's rows have their own colours: no file legend
             _legend(fig, files, colors)
         if output is not None:
             save(fig, output)
