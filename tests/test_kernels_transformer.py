@@ -1,7 +1,9 @@
 """The transformer layers with cheap second derivatives (landscape.operators.kernels: layer norm, attention and the
 next-token loss): each node's first and second derivatives against finite differences (gradcheck, gradgradcheck),
 its second derivatives for every subset of tangents against plain double backward of the torch layer, and the Hessian
-products of transformers built from them against the double-backward Hessian of the plain layers."""
+products of transformers built from them against the double-backward Hessian of the plain layers. Also the linear
+layer's terms that its backward node leaves to its own node (kernels.linear.Deferred), in the passes that could lose
+or misplace them."""
 
 from __future__ import annotations
 
@@ -97,16 +99,6 @@ def test_each_node_has_the_values_gradients_and_second_derivatives_of_the_torch_
                         assert mine is None or not mine.any()
                     else:
                         torch.testing.assert_close(mine, true, rtol=1e-12, atol=1e-13)
-
-
-def test_attention_in_several_chunks_of_heads_equals_one(monkeypatch):
-    fn, plain, inputs = _attention_case(True, 6, 6)()
-    monkeypatch.setattr(attention, "CHUNK", 36 * 2)  # two heads at a time, of six
-    with sdpa_kernel(SDPBackend.MATH):
-        grads = [torch.autograd.grad(f(*inputs).pow(2).sum(), inputs, create_graph=True) for f in (fn, plain)]
-        tangents = [torch.randn(t.shape, generator=_gen(5 + i), dtype=F64) for i, t in enumerate(inputs)]
-        mine, true = (torch.autograd.grad(g, inputs, tangents) for g in grads)
-    torch.testing.assert_close(mine, true, rtol=1e-12, atol=1e-13)
 
 
 # -- arguments the kernels do not cover run unchanged --------------------------------------------------------------
@@ -213,3 +205,61 @@ def test_the_gradient_through_the_kernels_is_the_gradient():
             grads = torch.autograd.grad(value, params, create_graph=True)
     torch.testing.assert_close(value, next_token(model(tokens), tokens).detach(), rtol=1e-14, atol=0)
     torch.testing.assert_close(grads, truth, rtol=1e-12, atol=1e-14)
+
+
+# -- the linear layer's deferred terms --------------------------------------------------------------------------------
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_products_of_a_loss_linear_in_the_last_layer_take_its_deferred_terms(vectorize):
+    """The last layer's output gets no gradient in the product but through the edge that orders its nodes."""
+    model = _mlp()
+    X, y = torch.randn(5, 3, generator=_gen(1), dtype=F64), torch.randn(5, 2, generator=_gen(2), dtype=F64)
+
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # linear in the outputs
+        return (out * target).sum()
+
+    V = torch.randn(3, sum(p.numel() for p in model.parameters()), generator=_gen(3), dtype=F64)
+    op = HessianOperator(model, loss, (X, y), vectorize=vectorize)
+    torch.testing.assert_close(op.matmat(V), double_backward_products(model, X, y, V, loss=loss), rtol=1e-12,
+                               atol=1e-13)
+
+
+def _layer(deferring: bool) -> tuple[torch.Tensor, ...]:
+    """One linear layer on an input that needs a gradient, its output and the gradient graph of ``sum(y²)``."""
+    x, weight = _randn(4, 3, seed=1), _randn(2, 3, seed=2)
+    with SecondOrderKernels() if deferring else torch.enable_grad():
+        y = F.linear(x, weight)
+        gx, gw = torch.autograd.grad(y.pow(2).sum(), (x, weight), create_graph=True)
+    return x, weight, y, gx, gw
+
+
+def test_terms_left_by_a_pass_that_did_not_need_the_layer_are_not_taken_by_the_next():
+    tangents = (torch.randn(4, 3, generator=_gen(3), dtype=F64), torch.randn(2, 3, generator=_gen(4), dtype=F64))
+    results = []
+    for deferring in (True, False):
+        x, weight, y, gx, gw = _layer(deferring)
+        assert (type(y.grad_fn).__name__ == "LinearBackward") == deferring
+        # the derivative in the layer's output: its own node is not run, its backward node leaves terms
+        at_output = torch.autograd.grad((gx, gw), y, tangents, retain_graph=True)
+        # a first-order pass through the layer's own node, which must not take them
+        first = torch.autograd.grad(y.sum(), (x, weight), retain_graph=True)
+        results.append((at_output, first))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-14, atol=1e-15)
+
+
+def test_two_gradient_graphs_of_one_layer_leave_their_terms_together():
+    x, weight = _randn(4, 3, seed=1), _randn(2, 3, seed=2)
+    tangents = (torch.randn(4, 3, generator=_gen(3), dtype=F64), torch.randn(2, 3, generator=_gen(4), dtype=F64))
+    results = []
+    for deferring in (True, False):
+        with SecondOrderKernels() if deferring else torch.enable_grad():
+            y = F.linear(x, weight)
+            first = torch.autograd.grad(y.pow(2).sum(), (x, weight), create_graph=True, retain_graph=True)
+            second = torch.autograd.grad(y.pow(3).sum(), (x, weight), create_graph=True)
+        sums = [f + s for f, s in zip(first, second)]
+        results.append(torch.autograd.grad(sums, (x, weight), tangents))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-13, atol=1e-14)

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 
 def next_token(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``(1/(B(T-1))) Σ_{i,t<T-1} CE(logits[i, t], tokens[i, t+1])`` for logits (B, T, V) and int tokens (B, T)."""
+    """``(1/(B(T-1))) Σ_{i,t<T-1} CE(logits[i, t], tokens[i, t+1])`` for logits (B, T, V) and int tokens (B, T).
+
+    It takes part in torch's function overrides, as ``F.cross_entropy`` does, so that the Hessian product's kernels
+    (:mod:`landscape.operators.kernels`) can compute it without copying the logits it slices."""
+    if has_torch_function_variadic(logits, tokens):
+        return handle_torch_function(next_token, (logits, tokens), logits, tokens)
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 

@@ -1,7 +1,7 @@
 """ReLU and GELU with a direct second backward. The backward of ``y = σ(x)`` is ``gx = gy·σ'(x)``; its derivative in
 ``gy`` is ``σ'(x)`` again and in ``x`` is ``gy·σ''(x)``: zero for ReLU (autograd still builds and adds a zero map),
-and for GELU kept from when the graph was built (``gy`` and ``x`` are fixed there), so each product costs one
-multiplication instead of re-deriving ``σ''`` from ``x``."""
+and for GELU kept from when the graph was built (``gy`` and ``x`` are fixed there), as is ``σ'(x)``, so each product
+costs multiplications instead of re-deriving ``σ'`` and ``σ''`` from ``x``."""
 
 from __future__ import annotations
 
@@ -65,39 +65,39 @@ def gelu_second(x: torch.Tensor, approximate: str) -> torch.Tensor:
 
 
 class GELUGrad(Function):
-    """(gy, x) ↦ gy·GELU'(x), the backward of :class:`GELU`; its own backward uses ``gy·GELU''(x)`` kept from the
-    forward call."""
+    """(gy, x) ↦ gy·GELU'(x), the backward of :class:`GELU`; its own backward uses ``GELU'(x)`` and
+    ``gy·GELU''(x)`` kept from the forward call."""
 
     @staticmethod
-    def forward(ctx: Any, gy: torch.Tensor, x: torch.Tensor, approximate: str) -> torch.Tensor:
+    def forward(ctx: Any, gy: torch.Tensor, x: torch.Tensor, slope: torch.Tensor, approximate: str) -> torch.Tensor:
         curvature = gy * gelu_second(x, approximate) if ctx.needs_input_grad[1] else None
-        ctx.save_for_backward(x, curvature)
-        ctx.approximate = approximate
-        return aten.gelu_backward(gy, x, approximate=approximate)
+        ctx.save_for_backward(slope, curvature)
+        return gy * slope
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, a: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], None]:
-        x, curvature = ctx.saved_tensors
-        dgy = aten.gelu_backward(a, x, approximate=ctx.approximate) if ctx.needs_input_grad[0] else None
-        return dgy, a * curvature if curvature is not None else None, None
+    def backward(ctx: Any, a: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], None, None]:
+        slope, curvature = ctx.saved_tensors
+        dgy = a * slope if ctx.needs_input_grad[0] else None
+        return dgy, a * curvature if curvature is not None else None, None, None
 
 
 class GELU(Function):
-    """``F.gelu`` whose backward is a :class:`GELUGrad` node when a graph is being built."""
+    """``F.gelu`` whose backward is a :class:`GELUGrad` node when a graph is being built. It keeps ``GELU'(x)``,
+    which every backward call multiplies by (once to build the graph, once per product)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, approximate: str) -> torch.Tensor:
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(x, aten.gelu_backward(torch.ones_like(x), x, approximate=approximate))
         ctx.approximate = approximate
         return F.gelu(x, approximate=approximate)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (x,) = ctx.saved_tensors
+        x, slope = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return GELUGrad.apply(gy, x, ctx.approximate), None
-        return aten.gelu_backward(gy, x, approximate=ctx.approximate), None
+            return GELUGrad.apply(gy, x, slope, ctx.approximate), None
+        return gy * slope, None
 
 
 def gelu(input: torch.Tensor, approximate: str = "none") -> Any:

@@ -3,6 +3,8 @@
 With ``p = softmax(z)`` per row and ``n`` counted rows, the gradient is ``g·(p − onehot)/n`` and its derivative,
 applied to a tangent ``u``, ``g·(p⊙u − p·Σ_j p_j u_j)/n`` per row: three passes over the logits, with ``p`` kept from
 when the graph was built, where autograd's double backward of ``log_softmax`` recomputes exponentials each time.
+The next-token loss (:func:`next_token`) is the same node over all positions of its (B, T, V) logits, the last of
+each sequence ignored.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Any, Optional
 import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
+
+#: F.cross_entropy's default ``ignore_index``, which the next-token loss keeps (tokens equal to it are not predicted)
+_IGNORED = -100
 
 
 def _gradient(p: torch.Tensor, safe: torch.Tensor, valid: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -76,3 +81,15 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
     if not (plain and shapes and input.requires_grad):
         return NotImplemented
     return CrossEntropy.apply(input, target, ignore_index)
+
+
+def next_token(logits: torch.Tensor, tokens: torch.Tensor) -> Any:
+    """:func:`landscape.operators.next_token.next_token` through :class:`CrossEntropy` over all B·T positions, the
+    last of each sequence ignored, for (B, T, V) logits that need a gradient and (B, T) int64 tokens (else
+    NotImplemented: run as is). The same loss, without the loss's copy of the logits it slices (and the copies of
+    its gradients back and forth that each product would make)."""
+    if logits.ndim != 3 or tokens.shape != logits.shape[:2] or tokens.dtype != torch.long or not logits.requires_grad:
+        return NotImplemented
+    ignored = tokens.new_full((tokens.shape[0], 1), _IGNORED)
+    targets = torch.cat([tokens[:, 1:], ignored], 1).reshape(-1)
+    return CrossEntropy.apply(logits.reshape(-1, logits.shape[-1]), targets, _IGNORED)
