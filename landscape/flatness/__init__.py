@@ -84,19 +84,22 @@ def sharpness(
     generator_device = device if device is not None else next(model.parameters()).device
     generator = generator_for(torch.device(generator_device), seed)
     pieces = chunks(data, chunk_size) if chunk_size is not None else [data]
-    objectives = [DataLoss(model, loss, piece, params=params, dtype=dtype, device=device) for piece in pieces]
     sizes = np.array([int(piece[0].shape[0]) for piece in pieces] if chunk_size is not None else [1.0])
-    total = len(objectives) * (restarts * steps if kind == "worst" else samples)
+    total = len(pieces) * (restarts * steps if kind == "worst" else samples)
     bar = progress_bar(total, f"{kind}-case sharpness", progress, unit="gradient" if kind == "worst" else "draw")
     delta: Optional[torch.Tensor] = None
+    gradients = losses = 0
     with bar:
         if kind == "average":
-            base, values = average_case(objectives[0], rho, adaptive=adaptive, samples=samples, generator=generator,
+            objective = DataLoss(model, loss, data, params=params, dtype=dtype, device=device)
+            base, values = average_case(objective, rho, adaptive=adaptive, samples=samples, generator=generator,
                                         tick=lambda: bar.update(1))
             value, stderr = float(np.mean(values)), standard_error(values)
+            gradients, losses = objective.num_gradients, objective.num_losses
         else:
             bases, values, per_start = [], [], []
-            for objective in objectives:
+            for piece in pieces:  # one chunk's copy of the parameters at a time
+                objective = DataLoss(model, loss, piece, params=params, dtype=dtype, device=device)
                 base, best, found, starts = worst_case(objective, rho, adaptive=adaptive, steps=steps,
                                                        restarts=restarts, generator=generator,
                                                        tick=lambda: bar.update(1))
@@ -104,17 +107,16 @@ def sharpness(
                 values.append(best)
                 per_start.append(starts)
                 delta = found
+                gradients, losses = gradients + objective.num_gradients, losses + objective.num_losses
             base = float(np.average(bases, weights=sizes))
             value = float(np.average(values, weights=sizes))
             stderr = standard_error(values) if chunk_size is not None else None
             values = values if chunk_size is not None else per_start[0]
-    first = objectives[0]
     return SharpnessResult(
         kind=kind, value=value, stderr=stderr, values=np.asarray(values, dtype=np.float64), loss=base,
-        adaptive=adaptive, num_gradients=sum(o.num_gradients for o in objectives),
-        num_losses=sum(o.num_losses for o in objectives), seed=seed_value(seed),
-        seconds=time.perf_counter() - start, dimension=first.dimension, dtype=dtype_name(first.dtype), rho=float(rho),
-        chunk_size=chunk_size, num_chunks=len(objectives), steps=steps if kind == "worst" else None,
+        adaptive=adaptive, num_gradients=gradients, num_losses=losses, seed=seed_value(seed),
+        seconds=time.perf_counter() - start, dimension=objective.dimension, dtype=dtype_name(objective.dtype), rho=float(rho),
+        chunk_size=chunk_size, num_chunks=len(pieces), steps=steps if kind == "worst" else None,
         restarts=restarts if kind == "worst" else None, samples=samples if kind == "average" else None,
         delta=delta if return_delta and kind == "worst" and chunk_size is None else None,
     )
