@@ -262,8 +262,8 @@ class SharpnessResult:
 
     ``value`` is the measure; ``stderr`` its standard error where the method has one (over draws, chunks, samples
     or probes); ``values`` the per-draw, per-chunk, per-restart or per-sample numbers it comes from. ``loss`` is
-    L(θ); ``num_gradients`` and ``num_losses`` count the passes over the data (or a chunk) that computed a gradient
-    or a loss only; ``delta`` the perturbation found (worst case on the whole data, when asked for).
+    L(θ); ``num_gradients`` counts the passes over the data (or a chunk) that computed a gradient, ``num_losses`` the
+    points at which the loss alone was computed (an antithetic pair shares one pass); ``delta`` the perturbation found (worst case on the whole data, when asked for).
     """
 
     kind: str

@@ -50,6 +50,7 @@ class TokenBatches:
     def __init__(self, rows: np.ndarray, batch_size: int, source: str, index: Optional[np.ndarray] = None) -> None:
         self.rows, self.batch_size, self.source, self.index = rows, batch_size, source, index
         self.num_sequences = len(rows) if index is None else len(index)
+        self._largest: Optional[int] = None
 
     def __len__(self) -> int:
         return -(-self.num_sequences // self.batch_size)
@@ -65,13 +66,15 @@ class TokenBatches:
         return as_tokens(rows, self.source)
 
     def largest_token(self) -> int:
-        """The largest token of the selected sequences (one pass over the array, in chunks of rows)."""
-        largest = 0
-        for start in range(0, self.num_sequences, LARGEST_CHUNK_ROWS):
-            stop = start + LARGEST_CHUNK_ROWS
-            rows = self.rows[start:stop] if self.index is None else self.rows[self.index[start:stop]]
-            largest = max(largest, int(np.max(rows)))
-        return largest
+        """The largest token of the selected sequences: one pass over the array, in chunks of rows, the first time
+        (every checkpoint's pairing check asks again)."""
+        if self._largest is None:
+            self._largest = 0
+            for start in range(0, self.num_sequences, LARGEST_CHUNK_ROWS):
+                stop = start + LARGEST_CHUNK_ROWS
+                rows = self.rows[start:stop] if self.index is None else self.rows[self.index[start:stop]]
+                self._largest = max(self._largest, int(np.max(rows)))
+        return self._largest
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every selected sequence in memory, as one ``(tokens, tokens)`` pair (training draws its own batches)."""

@@ -18,33 +18,34 @@ from torch import nn
 from landscape.devices import compute_dtype
 from landscape.errors import DataError, LossError, OptionError, option
 from landscape.operators.batches import checked_batches, is_single_batch, move_batch
-from landscape.operators.evaluation import no_grad_unless
+from landscape.operators.evaluation import Evaluator
 from landscape.operators.functional import eval_mode, evaluate_loss
-from landscape.operators.params import FlatLayout, ParamFilter, select_parameters
+from landscape.operators.params import ParamFilter, select_parameters
 
 
 class DataLoss:
     """L(θ): the mean loss of ``model`` over ``data`` with its selected parameters (``params``) set to the flat θ.
 
-    ``theta`` is the model's own θ (on ``device`` in ``dtype``); :meth:`value` and :meth:`value_and_gradient` take
-    any θ of the same size and count the passes over the data they make (``num_losses``, ``num_gradients``).
+    ``theta`` is the model's own θ (on ``device`` in ``dtype``); :meth:`values`, :meth:`value` and
+    :meth:`value_and_gradient` take any θ of the same size and count what they compute (``num_losses``: losses at a
+    point, ``num_gradients``: passes that computed a gradient). Losses alone go through the
+    :class:`~landscape.operators.evaluation.Evaluator`, which evaluates several points in one pass over the data.
     """
 
     def __init__(self, model: nn.Module, loss: Any, data: Any, *, params: ParamFilter = None,
                  dtype: Optional[torch.dtype] = None, device: Optional[torch.device | str] = None) -> None:
-        self.model, self.loss, self.data = model, loss, data
-        self.names = select_parameters(model, params)
+        names = select_parameters(model, params)
+        first = dict(model.named_parameters())[names[0]]
+        device = torch.device(device) if device is not None else first.device
+        dtype = dtype if dtype is not None else compute_dtype(first.dtype)
+        if not dtype.is_floating_point:
+            raise OptionError(f"{option('dtype')} must be a floating-point type, got {dtype}")
+        self.evaluator = Evaluator(model, loss, data, dtype=dtype, device=device, names=names)
+        self.model, self.loss, self.data, self.dtype, self.device = model, loss, data, dtype, device
+        self.names, self.layout, self.fixed = names, self.evaluator.layout, self.evaluator.fixed
         named = dict(model.named_parameters())
-        first = named[self.names[0]]
-        self.device = torch.device(device) if device is not None else first.device
-        self.dtype = dtype if dtype is not None else compute_dtype(first.dtype)
-        if not self.dtype.is_floating_point:
-            raise OptionError(f"{option('dtype')} must be a floating-point type, got {self.dtype}")
-        self.layout = FlatLayout(named[name].shape for name in self.names)
-        self.theta = self.layout.flatten([named[name].detach().to(self.device, self.dtype) for name in self.names])
-        self.fixed = {name: move_batch(t.detach(), self.device, self.dtype)
-                      for name, t in [*model.named_parameters(), *model.named_buffers()] if name not in self.names}
-        self._cached = [move_batch(b, self.device, self.dtype) for b, _ in checked_batches(data)] \
+        self.theta = self.layout.flatten([named[name].detach().to(device, dtype) for name in names])
+        self._cached = [move_batch(b, device, dtype) for b, _ in checked_batches(data)] \
             if is_single_batch(data) else None
         self.num_losses = 0
         self.num_gradients = 0
@@ -68,15 +69,17 @@ class DataLoss:
             raise LossError("the loss must return a scalar (the batch mean); reduce it with .mean()")
         return value
 
+    def values(self, thetas: torch.Tensor) -> np.ndarray:
+        """L at each row of ``thetas`` (k, n), in one pass over the data, summed in float64."""
+        losses, _ = self.evaluator(thetas)
+        self.num_losses += len(losses)
+        for value in losses:
+            _finite(float(value))
+        return losses
+
     def value(self, theta: torch.Tensor) -> float:
-        """L(θ) over the data, summed in float64."""
-        total, count = 0.0, 0
-        with no_grad_unless(self.loss), eval_mode(self.model):
-            for batch, size in self.batches():
-                total += float(self._batch_loss(theta, batch).detach()) * size
-                count += size
-        self.num_losses += 1
-        return _finite(total / count)
+        """L(θ) over the data."""
+        return float(self.values(theta[None])[0])
 
     def value_and_gradient(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
         """L(θ) and ∇L(θ) (a flat vector on the device) over the data, one pass."""

@@ -26,9 +26,9 @@ from landscape import files, store
 from landscape.errors import LandscapeError, StoreError, option
 from landscape.files import PathLike
 from landscape.plot.paths import pca_axis_labels
-from landscape.plot.spectrum import FLOOR, SpectrumCheckpoint, _default_labels, load_spectra
+from landscape.plot.spectrum import FLOOR, SpectrumCheckpoint, checkpoint_labels, load_spectra
 from landscape.plot.style import COLORS, NEUTRAL, optimizer_in, run_styles
-from landscape.plot.surface import _marks, axis_labels, load_surface
+from landscape.plot.surface import axis_labels, checkpoint_marks, load_surface
 from landscape.results import SurfaceResult
 
 __all__ = ["INSTALL", "spectrum_figure", "surface_figure", "write_html"]
@@ -171,7 +171,7 @@ def _surface(go: Any, result: SurfaceResult, name: str) -> Any:
         text=hover, hovertemplate="%{text}<extra></extra>",
         contours={"z": {"show": True, "start": low, "end": high, "size": span / NUM_LEVELS, "usecolormap": True,
                         "project": {"z": True}, "width": 1}})]
-    for (px, py), label in _marks(result, name):
+    for (px, py), label in checkpoint_marks(result, name):
         i, j = int(np.abs(result.x - px).argmin()), int(np.abs(result.y - py).argmin())
         if np.isclose(result.x[i], px) and np.isclose(result.y[j], py) and np.isfinite(z[i, j]):
             # on the surface, and named on the floor beneath (where the walls of a valley do not hide the name)
@@ -246,7 +246,7 @@ def _curve(go: Any, result: SurfaceResult, name: str) -> Any:
         figure.add_trace(go.Scatter(x=result.x, y=_finite(result.accuracy), mode="lines", name="accuracy",
                                     yaxis="y2", line={"color": COLORS[1], "dash": "dash"},
                                     hovertemplate="accuracy %{y:.4g}<extra></extra>"))
-    for (position, _), label in _marks(result, name):
+    for (position, _), label in checkpoint_marks(result, name):
         if result.x[0] <= position <= result.x[-1]:
             figure.add_vline(x=position, line={"color": to_hex(NEUTRAL), "dash": "dot", "width": 1},
                              annotation_text=escape(label), annotation_position="top")
@@ -293,7 +293,7 @@ def spectrum_figure(checkpoints: Sequence[SpectrumCheckpoint], labels: Optional[
     """The spectral density of each checkpoint on a log scale (floored at :data:`FLOOR` of the largest value, as the
     static figure), its top eigenvalues as triangles above the curves; hovering shows each value."""
     go, _ = _plotly()
-    labels = list(labels) if labels is not None else _default_labels(checkpoints)
+    labels = list(labels) if labels is not None else checkpoint_labels(checkpoints)
     styles = run_styles([optimizer_in(c.name, label, c.path.stem if c.path else None)
                          for c, label in zip(checkpoints, labels)])
     peak = max(float(np.nanmax(c.density.density)) for c in checkpoints)

@@ -109,14 +109,14 @@ def _spread(items: list[str], count: int) -> list[str]:
     return [items[i] for i in np.unique(np.round(np.linspace(0, len(items) - 1, count)).astype(int))]
 
 
-def _default_labels(loaded: Sequence[SpectrumCheckpoint], several: bool = False) -> list[str]:
+def checkpoint_labels(loaded: Sequence[SpectrumCheckpoint], several: bool = False) -> list[str]:
     """``step 500`` per checkpoint; its name where there is no step or two checkpoints share one. With
     ``several`` files, the file's name, followed by the checkpoint's where the file brings more than one."""
     if several:
         per_file = {c.path: sum(d.path == c.path for d in loaded) for c in loaded}
         stems = [c.path.stem if c.path is not None else "" for c in loaded]
         return [stem if per_file[c.path] == 1 and stems.count(stem) == 1 else f"{stem}: {label}"
-                for c, stem, label in zip(loaded, stems, _default_labels(loaded))]
+                for c, stem, label in zip(loaded, stems, checkpoint_labels(loaded))]
     steps = [c.step for c in loaded]
     return [f"step {c.step}" if c.step is not None and steps.count(c.step) == 1 else c.name for c in loaded]
 
@@ -151,7 +151,7 @@ def plot_spectrum(paths: Union[PathLike, Sequence[PathLike]], output: Optional[P
                           f"name fewer with {option('checkpoints', '--checkpoint')}")
     if labels is not None and len(labels) != len(loaded):
         raise OptionError(f"plot_spectrum got {len(labels)} labels for {len(loaded)} checkpoints; give one each")
-    labels = list(labels) if labels is not None else _default_labels(loaded, several)
+    labels = list(labels) if labels is not None else checkpoint_labels(loaded, several)
     styles = run_styles([optimizer_in(c.name, label, c.path.stem if c.path else None)
                          for c, label in zip(loaded, labels)])
     width = None

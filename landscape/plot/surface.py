@@ -126,7 +126,7 @@ def plot_surface(path: PathLike, output: Optional[PathLike], *, checkpoint: Opti
     return fig
 
 
-def _marks(result: SurfaceResult, name: str) -> list[tuple[tuple[float, float], str]]:
+def checkpoint_marks(result: SurfaceResult, name: str) -> list[tuple[tuple[float, float], str]]:
     """The checkpoints on the surface: ((x, y), name) for the origin, and for B and C of a line or plane."""
     names = _names(result, name)
     if result.kind == "line":
@@ -146,7 +146,7 @@ def _draw_curve(ax: Any, result: SurfaceResult, name: str) -> None:
     ax.set_xlabel(axis_labels(result, name)[0])
     ax.set_ylabel(_loss_label(result), color=COLORS[0])
     ax.set_xlim(result.x[0], result.x[-1])
-    for (position, _), label in _marks(result, name):
+    for (position, _), label in checkpoint_marks(result, name):
         if result.x[0] <= position <= result.x[-1]:
             ax.axvline(position, color="0.5", linestyle=":", linewidth=0.8, zorder=1)
             ax.text(position, 1.0, label, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
@@ -180,7 +180,7 @@ def _draw_contour(fig: Figure, ax: Any, result: SurfaceResult, name: str) -> Non
     levels, norm = _levels(Z.compressed())
     filled = ax.contourf(X, Y, Z, levels=levels, norm=norm, cmap=CMAP)
     ax.contour(X, Y, Z, levels=levels[::3], colors="black", linewidths=0.3, alpha=0.5)
-    for (px, py), label in _marks(result, name):
+    for (px, py), label in checkpoint_marks(result, name):
         if result.x[0] <= px <= result.x[-1] and result.y[0] <= py <= result.y[-1]:
             ax.plot([px], [py], **MARKER)
             fx = (px - result.x[0]) / (result.x[-1] - result.x[0])
@@ -214,7 +214,7 @@ def _draw_3d(ax: Any, result: SurfaceResult, name: str) -> None:
     Z = np.log10(Z) if use_log else Z
     ax.plot_surface(X, Y, Z, cmap=CMAP, linewidth=0, antialiased=False, rcount=len(result.x),
                     ccount=len(result.y), rasterized=True)
-    for (px, py), _ in _marks(result, name):
+    for (px, py), _ in checkpoint_marks(result, name):
         i, j = np.abs(result.x - px).argmin(), np.abs(result.y - py).argmin()
         if np.isfinite(Z[i, j]) and np.isclose(result.x[i], px) and np.isclose(result.y[j], py):
             ax.plot([px], [py], [Z[i, j]], **MARKER)
